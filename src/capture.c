@@ -1,0 +1,388 @@
+/*-------------------------------------------------------------------------
+ *
+ * capture.c
+ *		The capture trigger, emit(), and the commit-time wake-up.
+ *
+ * statehub_events.capture() is an AFTER ... FOR EACH ROW trigger created by
+ * the track_* functions (mapping.c).  Everything it needs is in the trigger
+ * itself, so capture never reads the mapping table:
+ *
+ *   tgargs[0]   the event type
+ *   tgargs[1]   "all" (every column is an attribute) or "list"
+ *   tgargs[2..] with "list", the attribute columns, by name
+ *   tgattr[0]   for a transition, the tracked column (UPDATE OF column);
+ *               the trigger follows a RENAME of it
+ *
+ * Which rows become events is decided before the trigger fires, by the
+ * trigger's WHEN clause and UPDATE OF column list: an UPDATE that does not
+ * transition never enters this file.
+ *
+ * Per trigger, the resolved columns (attribute numbers, JSON keys, output
+ * functions) are cached in a hash keyed by the trigger's OID (a partition's
+ * clone trigger has its own OID and its own attribute numbers).  A relcache
+ * invalidation of the table (ALTER TABLE, CREATE/DROP TRIGGER, ...) drops
+ * the table's entries.  An attribute column that no longer exists is left
+ * out of the event (and logged once per rebuild): capture never fails a
+ * write for a mapping it has already accepted.
+ *
+ * A transaction that queued events wakes the worker once, at commit.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "commands/trigger.h"
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
+#include "envelope.h"
+#include "shmem.h"
+#include "statehub_events.h"
+
+PG_FUNCTION_INFO_V1(capture);
+PG_FUNCTION_INFO_V1(emit);
+
+typedef struct CaptureEntry
+{
+	Oid			tgoid;			/* hash key */
+	Oid			relid;
+	bool		valid;
+	MemoryContext mcxt;			/* owns everything below */
+	char	   *event_type;
+	int			ncolumns;
+	StatehubColumn *columns;	/* the attributes, in declared order */
+	StatehubColumn *tracked;	/* the transition column, or NULL */
+} CaptureEntry;
+
+static HTAB *capture_cache = NULL;
+static bool wakeup_armed = false;
+static bool xact_callback_registered = false;
+
+/* Forget the entries of an invalidated table (all of them for InvalidOid). */
+static void
+capture_relcache_callback(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS status;
+	CaptureEntry *entry;
+
+	if (capture_cache == NULL)
+		return;
+	hash_seq_init(&status, capture_cache);
+	while ((entry = hash_seq_search(&status)) != NULL)
+	{
+		if (relid == InvalidOid || entry->relid == relid)
+			entry->valid = false;
+	}
+}
+
+static void
+init_capture_cache(void)
+{
+	HASHCTL		ctl;
+
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(CaptureEntry);
+	ctl.hcxt = CacheMemoryContext;
+	capture_cache = hash_create("statehub_events capture cache", 64, &ctl,
+								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	CacheRegisterRelcacheCallback(capture_relcache_callback, (Datum) 0);
+}
+
+/* The live column of the table with this name, or NULL. */
+static Form_pg_attribute
+find_column(TupleDesc desc, const char *name)
+{
+	int			i;
+
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
+			return att;
+	}
+	return NULL;
+}
+
+/* (Re)build a cache entry from the trigger and the table's current shape. */
+static void
+build_entry(CaptureEntry *entry, Trigger *trigger, Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	MemoryContext old;
+	int			i;
+
+	if (trigger->tgnargs < 2 ||
+		(strcmp(trigger->tgargs[1], "all") != 0 &&
+		 strcmp(trigger->tgargs[1], "list") != 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("trigger \"%s\" on table \"%s\" has invalid arguments",
+						trigger->tgname, RelationGetRelationName(rel)),
+				 errhint("Create capture triggers with statehub_events.track_insert, track_transition or track_delete.")));
+
+	if (entry->mcxt != NULL)
+		MemoryContextDelete(entry->mcxt);
+	entry->mcxt = AllocSetContextCreate(CacheMemoryContext,
+										"statehub_events capture entry",
+										ALLOCSET_SMALL_SIZES);
+	entry->relid = RelationGetRelid(rel);
+	entry->tracked = NULL;
+	entry->ncolumns = 0;
+
+	old = MemoryContextSwitchTo(entry->mcxt);
+
+	entry->event_type = pstrdup(trigger->tgargs[0]);
+	entry->columns = palloc0(sizeof(StatehubColumn) * Max(desc->natts, 1));
+
+	if (strcmp(trigger->tgargs[1], "all") == 0)
+	{
+		for (i = 0; i < desc->natts; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+
+			if (att->attisdropped)
+				continue;
+			statehub_column_init(&entry->columns[entry->ncolumns++], att,
+								 entry->mcxt);
+		}
+	}
+	else
+	{
+		for (i = 2; i < trigger->tgnargs; i++)
+		{
+			Form_pg_attribute att = find_column(desc, trigger->tgargs[i]);
+
+			if (att == NULL)
+			{
+				ereport(LOG,
+						(errmsg("statehub_events: attribute column \"%s\" of table \"%s\" no longer exists; event \"%s\" is queued without it",
+								trigger->tgargs[i], RelationGetRelationName(rel),
+								entry->event_type),
+						 errhint("Declare the event again with the table's current columns.")));
+				continue;
+			}
+			if (entry->ncolumns >= desc->natts)
+				break;
+			statehub_column_init(&entry->columns[entry->ncolumns++], att,
+								 entry->mcxt);
+		}
+	}
+
+	if (trigger->tgnattr == 1 && trigger->tgattr[0] > 0 &&
+		trigger->tgattr[0] <= desc->natts)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, trigger->tgattr[0] - 1);
+
+		if (!att->attisdropped)
+		{
+			entry->tracked = palloc0(sizeof(StatehubColumn));
+			statehub_column_init(entry->tracked, att, entry->mcxt);
+		}
+	}
+
+	MemoryContextSwitchTo(old);
+	entry->valid = true;
+}
+
+static CaptureEntry *
+get_entry(Trigger *trigger, Relation rel)
+{
+	CaptureEntry *entry;
+	bool		found;
+
+	if (capture_cache == NULL)
+		init_capture_cache();
+
+	entry = hash_search(capture_cache, &trigger->tgoid, HASH_ENTER, &found);
+	if (!found)
+	{
+		entry->mcxt = NULL;
+		entry->valid = false;
+	}
+	if (!entry->valid)
+	{
+		PG_TRY();
+		{
+			build_entry(entry, trigger, rel);
+		}
+		PG_CATCH();
+		{
+			entry->valid = false;
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+	}
+	return entry;
+}
+
+/* Append {"col": value, ...} for the given columns of a tuple. */
+static void
+append_columns(StringInfo buf, StatehubColumn *columns, int ncolumns,
+			   HeapTuple tuple, TupleDesc desc)
+{
+	int			i;
+
+	appendStringInfoChar(buf, '{');
+	for (i = 0; i < ncolumns; i++)
+	{
+		StatehubColumn *col = &columns[i];
+		bool		isnull;
+		Datum		value = heap_getattr(tuple, col->attnum, desc, &isnull);
+
+		if (i > 0)
+			appendBinaryStringInfo(buf, ", ", 2);
+		appendBinaryStringInfo(buf, col->key, col->keylen);
+		statehub_append_value(buf, col, value, isnull);
+	}
+}
+
+/* Queue one finished envelope and arrange the wake-up at commit. */
+static void
+queue_event(const unsigned char *id, const char *event_type, StringInfo buf,
+			TimestampTz occurred_at)
+{
+	statehub_outbox_append(id, event_type, buf->data, buf->len, occurred_at);
+	statehub_capture_arm_wakeup();
+}
+
+/*
+ * The capture trigger.  It must be AFTER ... FOR EACH ROW: before the row
+ * is final there is nothing to announce, and only a row trigger sees rows.
+ */
+Datum
+capture(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Trigger    *trigger;
+	Relation	rel;
+	TupleDesc	desc;
+	CaptureEntry *entry;
+	HeapTuple	tuple;
+	StringInfoData buf;
+	unsigned char id[STATEHUB_UUID_LEN];
+	TimestampTz now;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"capture\" was not called by trigger manager")));
+	if (!TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"capture\" must be fired AFTER ... FOR EACH ROW")));
+
+	if (!statehub_capture)
+		return PointerGetDatum(NULL);
+
+	trigger = trigdata->tg_trigger;
+	rel = trigdata->tg_relation;
+	desc = RelationGetDescr(rel);
+	entry = get_entry(trigger, rel);
+
+	/* attributes come from the row as it is now (OLD for a delete) */
+	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+		tuple = trigdata->tg_newtuple;
+	else
+		tuple = trigdata->tg_trigtuple;
+
+	now = GetCurrentTimestamp();
+	statehub_new_event_id(id);
+
+	initStringInfo(&buf);
+	statehub_envelope_begin(&buf, id, entry->event_type, now);
+	append_columns(&buf, entry->columns, entry->ncolumns, tuple, desc);
+
+	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) && entry->tracked != NULL)
+	{
+		/* "previous": {"<tracked column>": <its old value>} */
+		if (entry->ncolumns > 0)
+			appendBinaryStringInfo(&buf, ", ", 2);
+		appendStringInfoString(&buf, "\"previous\": ");
+		append_columns(&buf, entry->tracked, 1, trigdata->tg_trigtuple, desc);
+		appendStringInfoChar(&buf, '}');
+	}
+	appendStringInfoChar(&buf, '}');
+	statehub_envelope_end(&buf);
+
+	queue_event(id, entry->event_type, &buf, now);
+
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * emit(event_type, attributes jsonb) — queue an event from SQL, in the
+ * current transaction, with the same validation and envelope as capture.
+ * It is not subject to statehub_events.capture: it is an explicit call.
+ */
+Datum
+emit(PG_FUNCTION_ARGS)
+{
+	char	   *event_type = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Jsonb	   *attributes = PG_GETARG_JSONB_P(1);
+	StringInfoData buf;
+	pg_uuid_t  *result;
+	TimestampTz now;
+
+	statehub_check_event_type(event_type);
+	if (!JB_ROOT_IS_OBJECT(attributes) || JB_ROOT_IS_SCALAR(attributes))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("event attributes must be a JSON object"),
+				 errhint("Pass a jsonb object such as '{\"id\": 42}'.")));
+
+	result = palloc(sizeof(pg_uuid_t));
+	statehub_new_event_id(result->data);
+	now = GetCurrentTimestamp();
+
+	initStringInfo(&buf);
+	statehub_envelope_begin(&buf, result->data, event_type, now);
+	(void) JsonbToCString(&buf, &attributes->root, VARSIZE(attributes));
+	statehub_envelope_end(&buf);
+
+	queue_event(result->data, event_type, &buf, now);
+
+	PG_RETURN_UUID_P(result);
+}
+
+static void
+capture_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+			if (wakeup_armed)
+				statehub_shmem_wake_worker();
+			wakeup_armed = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+			/* COMMIT PREPARED is left to the worker's poll interval */
+			wakeup_armed = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/* Wake the worker when the current transaction commits. */
+void
+statehub_capture_arm_wakeup(void)
+{
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(capture_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+	wakeup_armed = true;
+}

@@ -1,0 +1,237 @@
+/*-------------------------------------------------------------------------
+ *
+ * envelope.c
+ *		The activity-core envelope as exact JSON text.
+ *
+ * The outbox stores the bytes that will be published, so they are built
+ * here once, in the writing transaction:
+ *
+ *   {"id": "<uuid v4>", "type": "<event type>", "version": "1.0",
+ *    "timestamp": "<UTC RFC 3339, microseconds, Z>", "publisher": "<...>",
+ *    "attributes": {...}}
+ *
+ * on one line, keys in exactly that order, with jsonb's ", " and ": "
+ * separators.  Attribute values are rendered exactly as to_json() renders
+ * their type.  to_json() decides how to render a type on every call (a
+ * handful of syscache lookups); here that decision is taken once per column
+ * when a trigger's cache entry is built, and each row only pays for the
+ * output function and the escaping.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <uuid/uuid.h>
+
+#include "access/transam.h"
+#include "catalog/pg_cast.h"
+#include "catalog/pg_type.h"
+#include "common/jsonapi.h"
+#include "parser/parse_coerce.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/fmgrprotos.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+#include "utils/typcache.h"
+
+#include "envelope.h"
+#include "statehub_events.h"
+
+/*
+ * Decide, as to_json() does, how a column's type is rendered: look through
+ * domains; booleans, numbers, date/times and json(b) have their own form;
+ * arrays and composites recurse; a non-built-in type with a cast to json
+ * uses the cast; everything else is its output text as a JSON string.
+ */
+void
+statehub_column_init(StatehubColumn *col, Form_pg_attribute att,
+					 MemoryContext mcxt)
+{
+	Oid			typoid = getBaseType(att->atttypid);
+	Oid			funcoid = InvalidOid;
+	bool		isvarlena;
+	StringInfoData key;
+
+	col->attnum = att->attnum;
+	col->basetype = typoid;
+
+	initStringInfo(&key);
+	escape_json(&key, NameStr(att->attname));
+	appendStringInfoString(&key, ": ");
+	col->key = MemoryContextStrdup(mcxt, key.data);
+	col->keylen = key.len;
+	pfree(key.data);
+
+	switch (typoid)
+	{
+		case BOOLOID:
+			col->kind = STATEHUB_JSON_BOOL;
+			break;
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+		case FLOAT4OID:
+		case FLOAT8OID:
+		case NUMERICOID:
+			col->kind = STATEHUB_JSON_NUMBER;
+			getTypeOutputInfo(typoid, &funcoid, &isvarlena);
+			break;
+		case DATEOID:
+		case TIMESTAMPOID:
+		case TIMESTAMPTZOID:
+			col->kind = STATEHUB_JSON_DATETIME;
+			break;
+		case JSONOID:
+		case JSONBOID:
+			col->kind = STATEHUB_JSON_JSON;
+			getTypeOutputInfo(typoid, &funcoid, &isvarlena);
+			break;
+		default:
+			if (OidIsValid(get_element_type(typoid)))
+				col->kind = STATEHUB_JSON_ARRAY;
+			else if (type_is_rowtype(typoid))
+				col->kind = STATEHUB_JSON_COMPOSITE;
+			else
+			{
+				Oid			castfunc = InvalidOid;
+
+				if (typoid >= FirstNormalObjectId &&
+					find_coercion_pathway(JSONOID, typoid, COERCION_EXPLICIT,
+										  &castfunc) == COERCION_PATH_FUNC &&
+					OidIsValid(castfunc))
+				{
+					col->kind = STATEHUB_JSON_CAST;
+					funcoid = castfunc;
+				}
+				else
+				{
+					col->kind = STATEHUB_JSON_STRING;
+					getTypeOutputInfo(typoid, &funcoid, &isvarlena);
+				}
+			}
+			break;
+	}
+
+	if (OidIsValid(funcoid))
+		fmgr_info_cxt(funcoid, &col->func, mcxt);
+}
+
+/* Append one value as to_json() would render it. */
+void
+statehub_append_value(StringInfo buf, StatehubColumn *col, Datum value,
+					  bool isnull)
+{
+	char	   *str;
+	char		dtbuf[MAXDATELEN + 1];
+
+	if (isnull)
+	{
+		appendBinaryStringInfo(buf, "null", 4);
+		return;
+	}
+
+	switch (col->kind)
+	{
+		case STATEHUB_JSON_BOOL:
+			if (DatumGetBool(value))
+				appendBinaryStringInfo(buf, "true", 4);
+			else
+				appendBinaryStringInfo(buf, "false", 5);
+			break;
+		case STATEHUB_JSON_NUMBER:
+			str = OutputFunctionCall(&col->func, value);
+			/* NaN and the infinities are not JSON numbers: quote them */
+			if (IsValidJsonNumber(str, strlen(str)))
+				appendStringInfoString(buf, str);
+			else
+				escape_json(buf, str);
+			pfree(str);
+			break;
+		case STATEHUB_JSON_DATETIME:
+			JsonEncodeDateTime(dtbuf, value, col->basetype, NULL);
+			appendStringInfoChar(buf, '"');
+			appendStringInfoString(buf, dtbuf);
+			appendStringInfoChar(buf, '"');
+			break;
+		case STATEHUB_JSON_JSON:
+			str = OutputFunctionCall(&col->func, value);
+			appendStringInfoString(buf, str);
+			pfree(str);
+			break;
+		case STATEHUB_JSON_ARRAY:
+			str = TextDatumGetCString(DirectFunctionCall1(array_to_json, value));
+			appendStringInfoString(buf, str);
+			pfree(str);
+			break;
+		case STATEHUB_JSON_COMPOSITE:
+			str = TextDatumGetCString(DirectFunctionCall1(row_to_json, value));
+			appendStringInfoString(buf, str);
+			pfree(str);
+			break;
+		case STATEHUB_JSON_CAST:
+			str = TextDatumGetCString(FunctionCall1(&col->func, value));
+			appendStringInfoString(buf, str);
+			pfree(str);
+			break;
+		case STATEHUB_JSON_STRING:
+			str = OutputFunctionCall(&col->func, value);
+			escape_json(buf, str);
+			pfree(str);
+			break;
+	}
+}
+
+/* A fresh random (version 4) UUID from libuuid. */
+void
+statehub_new_event_id(unsigned char *id)
+{
+	uuid_generate_random(id);
+}
+
+/*
+ * Open an envelope, up to and including the "{" of its attributes.  The
+ * publisher needs no escaping: its GUC check hook admits no quotes,
+ * backslashes or control characters.
+ */
+void
+statehub_envelope_begin(StringInfo buf, const unsigned char *id,
+						const char *event_type, TimestampTz occurred_at)
+{
+	static const char hex[] = "0123456789abcdef";
+	char		idtext[STATEHUB_UUID_TEXT_LEN + 1];
+	char	   *p = idtext;
+	struct pg_tm tm;
+	fsec_t		fsec;
+	int			i;
+
+	for (i = 0; i < STATEHUB_UUID_LEN; i++)
+	{
+		if (i == 4 || i == 6 || i == 8 || i == 10)
+			*p++ = '-';
+		*p++ = hex[id[i] >> 4];
+		*p++ = hex[id[i] & 0x0f];
+	}
+	*p = '\0';
+
+	/* with a NULL time zone, timestamp2tm gives UTC */
+	if (timestamp2tm(occurred_at, NULL, &tm, &fsec, NULL, NULL) != 0)
+		elog(ERROR, "event timestamp out of range");
+
+	appendStringInfo(buf,
+					 "{\"id\": \"%s\", \"type\": \"%s\", \"version\": \"" STATEHUB_ENVELOPE_VERSION "\", "
+					 "\"timestamp\": \"%04d-%02d-%02dT%02d:%02d:%02d.%06dZ\", "
+					 "\"publisher\": \"%s\", \"attributes\": ",
+					 idtext, event_type,
+					 tm.tm_year, tm.tm_mon, tm.tm_mday,
+					 tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec,
+					 statehub_publisher);
+}
+
+/* Close the envelope opened by statehub_envelope_begin. */
+void
+statehub_envelope_end(StringInfo buf)
+{
+	appendStringInfoChar(buf, '}');
+}

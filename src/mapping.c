@@ -1,0 +1,713 @@
+/*-------------------------------------------------------------------------
+ *
+ * mapping.c
+ *		The DBA's mapping API: track_insert, track_transition, track_delete,
+ *		untrack; and the validation of event types.
+ *
+ * A mapping is two things created together in the caller's transaction:
+ *
+ * - a capture trigger on the table, created AS THE CALLER (so PostgreSQL
+ *   itself checks the caller's right to create triggers there, and nothing
+ *   is escalated), whose WHEN clause and UPDATE OF list let PostgreSQL
+ *   filter rows before capture runs, and whose arguments carry everything
+ *   capture needs (see capture.c);
+ * - a row in statehub_events.mapping recording the declaration as the DBA
+ *   wrote it (for the mappings view and pg_dump), written as the table's
+ *   owner because callers have no rights on it.
+ *
+ * The trigger's SQL is generated here with every name quoted and
+ * schema-qualified, values as quoted literals, the type's own equality
+ * operator named by schema (OPERATOR(ns.=)), and search_path pinned to
+ * pg_catalog while it is parsed: nothing can be redirected through a
+ * search_path.  A DBA's condition is first parsed on its own and must be a
+ * single expression, so it cannot close the WHEN clause and add SQL.
+ *
+ * Every check happens before anything is created, and any error aborts the
+ * caller's transaction: nothing is ever half-created.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_operator.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "parser/parser.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+#include "utils/typcache.h"
+
+#include "statehub_events.h"
+
+PG_FUNCTION_INFO_V1(track_insert);
+PG_FUNCTION_INFO_V1(track_transition);
+PG_FUNCTION_INFO_V1(track_delete);
+PG_FUNCTION_INFO_V1(untrack);
+
+#define TRIGGER_PREFIX "statehub_events:"
+
+/* One declaration, as the track_* functions receive it. */
+typedef struct TrackSpec
+{
+	Oid			relid;
+	const char *event_type;
+	const char *operation;		/* "insert", "update" or "delete" */
+	ArrayType  *attributes;		/* NULL: all columns */
+	const char *condition;		/* insert only */
+	const char *column_name;	/* update only */
+	const char *to_value;
+	const char *from_value;
+} TrackSpec;
+
+static void
+invalid_event_type(const char *event_type, const char *detail)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid event type \"%s\"", event_type),
+			 errdetail("%s", detail),
+			 errhint("An event type is a NATS subject of at least two dot-separated tokens of a-z, 0-9, \"_\" and \"-\", such as \"org.statehub.repo.registered\".")));
+}
+
+/*
+ * An event type is also the subject it is published on, so it must be a
+ * literal NATS subject that activity-core's "org.statehub.>" style filters
+ * can match: lowercase tokens, no wildcards, at most 255 bytes.
+ */
+void
+statehub_check_event_type(const char *event_type)
+{
+	size_t		len = strlen(event_type);
+	int			ntokens = 1;
+	size_t		toklen = 0;
+	const char *p;
+
+	if (len == 0)
+		invalid_event_type(event_type, "The event type is empty.");
+	if (len > STATEHUB_MAX_EVENT_TYPE_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid event type \"%.40s...\"", event_type),
+				 errdetail("The event type is %zu bytes long; at most %d are allowed.",
+						   len, STATEHUB_MAX_EVENT_TYPE_LEN)));
+
+	for (p = event_type; *p; p++)
+	{
+		unsigned char c = (unsigned char) *p;
+
+		if (c == '.')
+		{
+			if (toklen == 0)
+				invalid_event_type(event_type, "The event type has an empty token.");
+			ntokens++;
+			toklen = 0;
+			continue;
+		}
+		if (c == '*' || c == '>')
+			invalid_event_type(event_type, "Wildcards (\"*\", \">\") are not allowed in an event type.");
+		if (c <= ' ' || c == 0x7f)
+			invalid_event_type(event_type, "Whitespace and control characters are not allowed in an event type.");
+		if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+			  c == '_' || c == '-'))
+			invalid_event_type(event_type, "Only a-z, 0-9, \"_\", \"-\" and \".\" are allowed in an event type.");
+		toklen++;
+	}
+	if (toklen == 0)
+		invalid_event_type(event_type, "The event type has an empty token.");
+	if (ntokens < 2)
+		invalid_event_type(event_type, "The event type has only one token.");
+}
+
+/* The live column of the relation with this name, or NULL. */
+static Form_pg_attribute
+lookup_column(Relation rel, const char *name)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			i;
+
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
+			return att;
+	}
+	return NULL;
+}
+
+static void
+undefined_column(Relation rel, const char *name, const char *hint)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_COLUMN),
+			 errmsg("column \"%s\" of table \"%s\" does not exist",
+					name, RelationGetRelationName(rel)),
+			 errhint("%s", hint)));
+}
+
+/*
+ * Check the attribute list against the table and return its names (NIL for
+ * "all columns").  A transition event carries "previous" next to the
+ * attributes, so no attribute may be called that.
+ */
+static List *
+check_attributes(Relation rel, ArrayType *attributes, bool is_transition)
+{
+	List	   *names = NIL;
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			i;
+
+	if (attributes != NULL)
+	{
+		Datum	   *elems;
+		bool	   *nulls;
+		int			nelems;
+
+		if (ARR_NDIM(attributes) > 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+					 errmsg("attributes must be a one-dimensional array of column names")));
+		deconstruct_array(attributes, TEXTOID, -1, false, TYPALIGN_INT,
+						  &elems, &nulls, &nelems);
+		for (i = 0; i < nelems; i++)
+		{
+			char	   *name;
+			ListCell   *lc;
+
+			if (nulls[i])
+				ereport(ERROR,
+						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						 errmsg("attributes must not contain null")));
+			name = TextDatumGetCString(elems[i]);
+			if (lookup_column(rel, name) == NULL)
+				undefined_column(rel, name,
+								 "The attributes are columns of the tracked table; pass NULL for all of them.");
+			foreach(lc, names)
+			{
+				if (strcmp((char *) lfirst(lc), name) == 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_DUPLICATE_COLUMN),
+							 errmsg("column \"%s\" is listed more than once in attributes",
+									name)));
+			}
+			names = lappend(names, name);
+		}
+	}
+
+	if (is_transition)
+	{
+		bool		has_previous = false;
+
+		if (attributes != NULL)
+		{
+			ListCell   *lc;
+
+			foreach(lc, names)
+				has_previous |= strcmp((char *) lfirst(lc), "previous") == 0;
+		}
+		else
+		{
+			for (i = 0; i < desc->natts; i++)
+			{
+				Form_pg_attribute att = TupleDescAttr(desc, i);
+
+				has_previous |= !att->attisdropped &&
+					strcmp(NameStr(att->attname), "previous") == 0;
+			}
+		}
+		if (has_previous)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_COLUMN),
+					 errmsg("a transition event cannot carry an attribute named \"previous\""),
+					 errdetail("Transition events hold the old value of the tracked column under \"previous\"."),
+					 errhint("List the attributes explicitly, without column \"previous\".")));
+	}
+	return names;
+}
+
+/*
+ * The DBA's condition must be exactly one expression: parse it alone as
+ * "SELECT (<condition>)" and accept nothing but a bare one-column SELECT.
+ * Whether it is a valid boolean over NEW is then checked by CREATE TRIGGER.
+ */
+static void
+check_condition(const char *condition)
+{
+	char	   *sql = psprintf("SELECT (\n%s\n)", condition);
+	List	   *parsed;
+	SelectStmt *select = NULL;
+
+	parsed = raw_parser(sql, RAW_PARSE_DEFAULT);
+	if (list_length(parsed) == 1)
+	{
+		Node	   *stmt = linitial_node(RawStmt, parsed)->stmt;
+
+		if (IsA(stmt, SelectStmt))
+			select = (SelectStmt *) stmt;
+	}
+	if (select == NULL || select->op != SETOP_NONE ||
+		list_length(select->targetList) != 1 ||
+		select->fromClause != NIL || select->whereClause != NULL ||
+		select->groupClause != NIL || select->havingClause != NULL ||
+		select->windowClause != NIL || select->sortClause != NIL ||
+		select->limitCount != NULL || select->limitOffset != NULL ||
+		select->lockingClause != NIL || select->withClause != NULL ||
+		select->distinctClause != NIL || select->intoClause != NULL ||
+		select->valuesLists != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid condition \"%s\"", condition),
+				 errdetail("The condition must be a single boolean expression."),
+				 errhint("Write an expression over NEW, such as 'NEW.kind = ''service'''.")));
+	pfree(sql);
+}
+
+/* errcontext for a value that does not convert to the column's type */
+typedef struct ValueContext
+{
+	const char *argname;
+	const char *column;
+	const char *table;
+} ValueContext;
+
+static void
+value_error_context(void *arg)
+{
+	ValueContext *ctx = (ValueContext *) arg;
+
+	errcontext("%s for column \"%s\" of table \"%s\"",
+			   ctx->argname, ctx->column, ctx->table);
+}
+
+/* Convert a to_value/from_value with the column's input function. */
+static Datum
+convert_value(Form_pg_attribute att, Relation rel, const char *argname,
+			  const char *value)
+{
+	Oid			infunc;
+	Oid			ioparam;
+	Datum		result;
+	ValueContext ctx;
+	ErrorContextCallback errcb;
+
+	ctx.argname = argname;
+	ctx.column = NameStr(att->attname);
+	ctx.table = RelationGetRelationName(rel);
+	errcb.callback = value_error_context;
+	errcb.arg = &ctx;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+
+	getTypeInputInfo(att->atttypid, &infunc, &ioparam);
+	result = OidInputFunctionCall(infunc, (char *) value, ioparam,
+								  att->atttypmod);
+
+	error_context_stack = errcb.previous;
+	return result;
+}
+
+/* "OPERATOR(schema.=)" for the type's default equality operator. */
+static char *
+equality_operator(Form_pg_attribute att, Relation rel, Oid *eqfunc)
+{
+	TypeCacheEntry *tce = lookup_type_cache(att->atttypid, TYPECACHE_EQ_OPR);
+	HeapTuple	tup;
+	Form_pg_operator oper;
+	char	   *result;
+
+	if (!OidIsValid(tce->eq_opr))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("cannot track transitions of column \"%s\" of table \"%s\"",
+						NameStr(att->attname), RelationGetRelationName(rel)),
+				 errdetail("Type %s has no default equality operator.",
+						   format_type_be(att->atttypid)),
+				 errhint("Track a column whose type can be compared with \"=\".")));
+
+	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(tce->eq_opr));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for operator %u", tce->eq_opr);
+	oper = (Form_pg_operator) GETSTRUCT(tup);
+	result = psprintf("OPERATOR(%s.%s)",
+					  quote_identifier(get_namespace_name(oper->oprnamespace)),
+					  NameStr(oper->oprname));
+	*eqfunc = oper->oprcode;
+	ReleaseSysCache(tup);
+	return result;
+}
+
+/*
+ * The trigger's name: readable when the event type fits, otherwise cut and
+ * made unique with a hash of the full type.  One table carries one trigger
+ * per event type.
+ */
+static char *
+trigger_name_for(const char *event_type)
+{
+	size_t		room = NAMEDATALEN - 1 - strlen(TRIGGER_PREFIX);
+
+	if (strlen(event_type) <= room)
+		return psprintf(TRIGGER_PREFIX "%s", event_type);
+	return psprintf(TRIGGER_PREFIX "%.*s~%08x", (int) (room - 9), event_type,
+					DatumGetUInt32(hash_any((const unsigned char *) event_type,
+											strlen(event_type))));
+}
+
+/* Run SPI SQL as the owner of the mapping table (callers have no rights). */
+static int
+execute_as_owner(const char *sql, int nargs, Oid *argtypes, Datum *args,
+				 const char *nulls)
+{
+	Oid			save_userid;
+	int			save_sec;
+	Oid			nspid = get_namespace_oid(STATEHUB_SCHEMA, false);
+	Oid			mapid = get_relname_relid("mapping", nspid);
+	HeapTuple	tup;
+	Oid			owner;
+	int			ret;
+
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(mapid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", mapid);
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	ret = SPI_execute_with_args(sql, nargs, argtypes, args, nulls, false, 0);
+	SetUserIdAndSecContext(save_userid, save_sec);
+	if (ret < 0)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	return ret;
+}
+
+/* Run DDL as the caller, with search_path pinned to pg_catalog. */
+static void
+execute_ddl(const char *sql)
+{
+	int			save_nestlevel = NewGUCNestLevel();
+	int			ret;
+
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	ret = SPI_execute(sql, false, 0);
+	if (ret < 0)
+		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
+	AtEOXact_GUC(true, save_nestlevel);
+}
+
+/*
+ * Remove the mapping of (table, event type), and its trigger when it still
+ * exists; also forget mappings of this table whose trigger is gone (dropped
+ * by hand or with a column).  Returns whether a mapping was in force.
+ */
+static bool
+remove_mapping(Relation rel, const char *event_type)
+{
+	Oid			argtypes[2] = {OIDOID, TEXTOID};
+	Datum		args[2];
+	bool		in_force = false;
+
+	args[0] = ObjectIdGetDatum(RelationGetRelid(rel));
+	args[1] = CStringGetTextDatum(event_type);
+
+	execute_as_owner("SELECT m.trigger_name"
+					 "  FROM statehub_events.mapping m"
+					 "  JOIN pg_catalog.pg_trigger t"
+					 "    ON t.tgrelid = m.table_name::pg_catalog.oid"
+					 "   AND t.tgname = m.trigger_name"
+					 " WHERE m.table_name = $1::pg_catalog.oid::pg_catalog.regclass"
+					 "   AND m.event_type = $2",
+					 2, argtypes, args, NULL);
+	if (SPI_processed > 0)
+	{
+		char	   *tgname = SPI_getvalue(SPI_tuptable->vals[0],
+										  SPI_tuptable->tupdesc, 1);
+
+		execute_ddl(psprintf("DROP TRIGGER %s ON %s",
+							 quote_identifier(tgname),
+							 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+														RelationGetRelationName(rel))));
+		in_force = true;
+	}
+
+	execute_as_owner("DELETE FROM statehub_events.mapping m"
+					 " WHERE m.table_name = $1::pg_catalog.oid::pg_catalog.regclass"
+					 "   AND (m.event_type = $2"
+					 "        OR NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t"
+					 "                        WHERE t.tgrelid = m.table_name::pg_catalog.oid"
+					 "                          AND t.tgname = m.trigger_name))",
+					 2, argtypes, args, NULL);
+	return in_force;
+}
+
+/* Open the table to track, checking what it is and the caller's rights. */
+static Relation
+open_tracked_table(Oid relid)
+{
+	AclResult	aclresult;
+	Relation	rel;
+	char		relkind = get_rel_relkind(relid);
+
+	if (relkind == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table with OID %u does not exist", relid)));
+
+	/* check rights before taking a lock others would wait on */
+	aclresult = pg_class_aclcheck(relid, GetUserId(), ACL_TRIGGER);
+	if (aclresult != ACLCHECK_OK)
+		aclcheck_error(aclresult, get_relkind_objtype(relkind),
+					   get_rel_name(relid));
+
+	/* the lock CREATE TRIGGER takes; it also serializes concurrent tracks */
+	rel = relation_open(relid, ShareRowExclusiveLock);
+
+	if (rel->rd_rel->relkind != RELKIND_RELATION &&
+		rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a table", RelationGetRelationName(rel)),
+				 errhint("Events can be declared on ordinary and partitioned tables.")));
+
+	if (strcmp(get_namespace_name(RelationGetNamespace(rel)), STATEHUB_SCHEMA) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot track table \"%s\" of extension statehub_events",
+						RelationGetRelationName(rel))));
+	return rel;
+}
+
+/* Create (or replace) one mapping; see the file header. */
+static void
+track(TrackSpec *spec)
+{
+	Relation	rel;
+	List	   *attributes;
+	char	   *tgname;
+	char	   *qualified;
+	StringInfoData ddl;
+	ListCell   *lc;
+	Oid			argtypes[9] = {OIDOID, TEXTOID, TEXTOID, NAMEOID, TEXTOID,
+	TEXTOID, TEXTARRAYOID, TEXTOID, NAMEOID};
+	Datum		args[9];
+	char		nulls[9];
+	bool		is_update = strcmp(spec->operation, "update") == 0;
+
+	statehub_check_event_type(spec->event_type);
+	rel = open_tracked_table(spec->relid);
+	attributes = check_attributes(rel, spec->attributes, is_update);
+	qualified = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+										   RelationGetRelationName(rel));
+	tgname = trigger_name_for(spec->event_type);
+
+	initStringInfo(&ddl);
+	appendStringInfo(&ddl, "CREATE TRIGGER %s AFTER ", quote_identifier(tgname));
+
+	if (is_update)
+	{
+		Form_pg_attribute att = lookup_column(rel, spec->column_name);
+		char	   *opr;
+		char	   *type;
+		char	   *col;
+		Oid			eqfunc;
+		Datum		to;
+
+		if (att == NULL)
+			undefined_column(rel, spec->column_name,
+							 "The tracked column is a column of the table whose value changes.");
+		opr = equality_operator(att, rel, &eqfunc);
+		to = convert_value(att, rel, "to_value", spec->to_value);
+		type = format_type_be_qualified(att->atttypid);
+		col = (char *) quote_identifier(NameStr(att->attname));
+
+		appendStringInfo(&ddl, "UPDATE OF %s ON %s FOR EACH ROW WHEN (NEW.%s %s %s::%s AND ",
+						 col, qualified, col, opr,
+						 quote_literal_cstr(spec->to_value), type);
+		if (spec->from_value != NULL)
+		{
+			Datum		from = convert_value(att, rel, "from_value", spec->from_value);
+
+			if (DatumGetBool(OidFunctionCall2Coll(eqfunc, att->attcollation, from, to)))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("from_value and to_value are equal"),
+						 errdetail("A row whose column \"%s\" keeps its value does not transition.",
+								   NameStr(att->attname)),
+						 errhint("Pass a different from_value, or NULL for any previous value.")));
+			appendStringInfo(&ddl, "OLD.%s %s %s::%s)",
+							 col, opr, quote_literal_cstr(spec->from_value), type);
+		}
+		else
+			appendStringInfo(&ddl, "(OLD.%s IS NULL OR NOT (OLD.%s %s %s::%s)))",
+							 col, col, opr, quote_literal_cstr(spec->to_value), type);
+	}
+	else if (strcmp(spec->operation, "insert") == 0)
+	{
+		appendStringInfo(&ddl, "INSERT ON %s FOR EACH ROW ", qualified);
+		if (spec->condition != NULL)
+		{
+			check_condition(spec->condition);
+			appendStringInfo(&ddl, "WHEN (\n%s\n) ", spec->condition);
+		}
+	}
+	else
+		appendStringInfo(&ddl, "DELETE ON %s FOR EACH ROW ", qualified);
+
+	appendStringInfo(&ddl, " EXECUTE FUNCTION %s.capture(%s, %s",
+					 STATEHUB_SCHEMA, quote_literal_cstr(spec->event_type),
+					 attributes == NIL && spec->attributes == NULL ? "'all'" : "'list'");
+	foreach(lc, attributes)
+		appendStringInfo(&ddl, ", %s", quote_literal_cstr((char *) lfirst(lc)));
+	appendStringInfoChar(&ddl, ')');
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+
+	(void) remove_mapping(rel, spec->event_type);
+	execute_ddl(ddl.data);
+
+	args[0] = ObjectIdGetDatum(spec->relid);
+	args[1] = CStringGetTextDatum(spec->event_type);
+	args[2] = CStringGetTextDatum(spec->operation);
+	memset(nulls, ' ', sizeof(nulls));
+	if (is_update)
+		args[3] = DirectFunctionCall1(namein, CStringGetDatum(spec->column_name));
+	else
+		nulls[3] = 'n';
+	if (spec->from_value != NULL)
+		args[4] = CStringGetTextDatum(spec->from_value);
+	else
+		nulls[4] = 'n';
+	if (spec->to_value != NULL)
+		args[5] = CStringGetTextDatum(spec->to_value);
+	else
+		nulls[5] = 'n';
+	if (spec->attributes != NULL)
+		args[6] = PointerGetDatum(spec->attributes);
+	else
+		nulls[6] = 'n';
+	if (spec->condition != NULL)
+		args[7] = CStringGetTextDatum(spec->condition);
+	else
+		nulls[7] = 'n';
+	args[8] = DirectFunctionCall1(namein, CStringGetDatum(tgname));
+
+	execute_as_owner("INSERT INTO statehub_events.mapping"
+					 " (table_name, event_type, operation, column_name, from_value,"
+					 "  to_value, attributes, condition, trigger_name)"
+					 " VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4, $5, $6, $7, $8, $9)",
+					 9, argtypes, args, nulls);
+
+	SPI_finish();
+	relation_close(rel, NoLock);
+}
+
+/* Required arguments of the non-strict track_* functions. */
+static void
+require_arg(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", name)));
+}
+
+static char *
+opt_text(FunctionCallInfo fcinfo, int argno)
+{
+	return PG_ARGISNULL(argno) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(argno));
+}
+
+static ArrayType *
+opt_array(FunctionCallInfo fcinfo, int argno)
+{
+	return PG_ARGISNULL(argno) ? NULL : PG_GETARG_ARRAYTYPE_P(argno);
+}
+
+/* track_insert(tbl, event_type, attributes, condition) */
+Datum
+track_insert(PG_FUNCTION_ARGS)
+{
+	TrackSpec	spec = {0};
+
+	require_arg(fcinfo, 0, "tbl");
+	require_arg(fcinfo, 1, "event_type");
+	spec.relid = PG_GETARG_OID(0);
+	spec.event_type = opt_text(fcinfo, 1);
+	spec.operation = "insert";
+	spec.attributes = opt_array(fcinfo, 2);
+	spec.condition = opt_text(fcinfo, 3);
+	track(&spec);
+	PG_RETURN_VOID();
+}
+
+/* track_transition(tbl, column_name, to_value, event_type, from_value, attributes) */
+Datum
+track_transition(PG_FUNCTION_ARGS)
+{
+	TrackSpec	spec = {0};
+
+	require_arg(fcinfo, 0, "tbl");
+	require_arg(fcinfo, 1, "column_name");
+	require_arg(fcinfo, 2, "to_value");
+	require_arg(fcinfo, 3, "event_type");
+	spec.relid = PG_GETARG_OID(0);
+	spec.column_name = NameStr(*PG_GETARG_NAME(1));
+	spec.to_value = opt_text(fcinfo, 2);
+	spec.event_type = opt_text(fcinfo, 3);
+	spec.operation = "update";
+	spec.from_value = opt_text(fcinfo, 4);
+	spec.attributes = opt_array(fcinfo, 5);
+	track(&spec);
+	PG_RETURN_VOID();
+}
+
+/* track_delete(tbl, event_type, attributes) */
+Datum
+track_delete(PG_FUNCTION_ARGS)
+{
+	TrackSpec	spec = {0};
+
+	require_arg(fcinfo, 0, "tbl");
+	require_arg(fcinfo, 1, "event_type");
+	spec.relid = PG_GETARG_OID(0);
+	spec.event_type = opt_text(fcinfo, 1);
+	spec.operation = "delete";
+	spec.attributes = opt_array(fcinfo, 2);
+	track(&spec);
+	PG_RETURN_VOID();
+}
+
+/* untrack(tbl, event_type): drop the mapping; whether one was in force */
+Datum
+untrack(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	char	   *event_type = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	Relation	rel;
+	bool		removed;
+
+	rel = open_tracked_table(relid);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	removed = remove_mapping(rel, event_type);
+	SPI_finish();
+	relation_close(rel, NoLock);
+	PG_RETURN_BOOL(removed);
+}

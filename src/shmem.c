@@ -1,0 +1,105 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.c
+ *		Shared memory of statehub_events: allocation, and the wake-up of the
+ *		delivery worker.
+ *
+ * The segment exists only when the library is in shared_preload_libraries
+ * (that is also the only case where a worker runs).  Without it,
+ * statehub_shared stays NULL and waking the worker is a no-op: events wait
+ * in the outbox.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+
+#include "shmem.h"
+
+StatehubShared *statehub_shared = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static void
+shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(StatehubShared)));
+}
+
+/* Attach to (or, in the postmaster, create) the shared state. */
+static void
+shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	statehub_shared = ShmemInitStruct("statehub_events", sizeof(StatehubShared),
+									  &found);
+	if (!found)
+	{
+		memset(statehub_shared, 0, sizeof(StatehubShared));
+		pg_atomic_init_u32(&statehub_shared->wake_pending, 0);
+		ConditionVariableInit(&statehub_shared->drained_cv);
+		SpinLockInit(&statehub_shared->mutex);
+		statehub_shared->state = STATEHUB_WORKER_NOT_RUNNING;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* Called from _PG_init when preloading. */
+void
+statehub_shmem_install_hooks(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = shmem_startup;
+}
+
+/*
+ * Wake the worker after a commit that queued events.  Only the backend that
+ * flips the flag from 0 to 1 sets the latch; the worker clears the flag
+ * before it scans, so no commit can slip between its scan and its sleep.
+ */
+void
+statehub_shmem_wake_worker(void)
+{
+	Latch	   *latch;
+
+	if (statehub_shared == NULL)
+		return;
+	if (pg_atomic_exchange_u32(&statehub_shared->wake_pending, 1) != 0)
+		return;
+	latch = statehub_shared->worker_latch;
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+const char *
+statehub_worker_state_name(StatehubWorkerStateCode state)
+{
+	switch (state)
+	{
+		case STATEHUB_WORKER_NOT_RUNNING:
+			return "not running";
+		case STATEHUB_WORKER_DISABLED:
+			return "disabled";
+		case STATEHUB_WORKER_CONNECTING:
+			return "connecting";
+		case STATEHUB_WORKER_CONNECTED:
+			return "connected";
+		case STATEHUB_WORKER_BACKOFF:
+			return "backoff";
+	}
+	return "unknown";
+}
