@@ -9,6 +9,12 @@
  * so nothing here can be redirected by a caller's search_path.
  */
 
+/*
+ * Anyone may look up the extension's objects; each table, view and function
+ * below carries its own rights (the outbox and dead letters: none).
+ */
+GRANT USAGE ON SCHEMA statehub_events TO PUBLIC;
+
 -- ---------------------------------------------------------------------------
 -- The DBA's declarations
 -- ---------------------------------------------------------------------------

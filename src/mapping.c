@@ -243,14 +243,41 @@ check_attributes(Relation rel, ArrayType *attributes, bool is_transition)
  * "SELECT (<condition>)" and accept nothing but a bare one-column SELECT.
  * Whether it is a valid boolean over NEW is then checked by CREATE TRIGGER.
  */
+#define CONDITION_PREFIX "SELECT (\n"
+
+/*
+ * Report a syntax error at its place in the condition rather than at a
+ * meaningless place in the caller's query (as SQL functions do).
+ */
+static void
+condition_error_context(void *arg)
+{
+	const char *condition = (const char *) arg;
+	int			pos = geterrposition();
+
+	if (pos > 0)
+	{
+		errposition(0);
+		internalerrposition(Max(pos - (int) strlen(CONDITION_PREFIX), 1));
+		internalerrquery(condition);
+	}
+	errcontext("condition of the event declaration");
+}
+
 static void
 check_condition(const char *condition)
 {
-	char	   *sql = psprintf("SELECT (\n%s\n)", condition);
+	char	   *sql = psprintf(CONDITION_PREFIX "%s\n)", condition);
 	List	   *parsed;
 	SelectStmt *select = NULL;
+	ErrorContextCallback errcb;
 
+	errcb.callback = condition_error_context;
+	errcb.arg = (void *) condition;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
 	parsed = raw_parser(sql, RAW_PARSE_DEFAULT);
+	error_context_stack = errcb.previous;
 	if (list_length(parsed) == 1)
 	{
 		Node	   *stmt = linitial_node(RawStmt, parsed)->stmt;
@@ -493,6 +520,12 @@ open_tracked_table(Oid relid)
 	return rel;
 }
 
+static void
+declaration_error_context(void *arg)
+{
+	errcontext("condition of event \"%s\"", (const char *) arg);
+}
+
 /* Create (or replace) one mapping; see the file header. */
 static void
 track(TrackSpec *spec)
@@ -580,7 +613,20 @@ track(TrackSpec *spec)
 		elog(ERROR, "SPI_connect failed");
 
 	(void) remove_mapping(rel, spec->event_type);
-	execute_ddl(ddl.data);
+	if (spec->condition != NULL)
+	{
+		/* CREATE TRIGGER is what checks the condition against NEW */
+		ErrorContextCallback errcb;
+
+		errcb.callback = declaration_error_context;
+		errcb.arg = (void *) spec->event_type;
+		errcb.previous = error_context_stack;
+		error_context_stack = &errcb;
+		execute_ddl(ddl.data);
+		error_context_stack = errcb.previous;
+	}
+	else
+		execute_ddl(ddl.data);
 
 	args[0] = ObjectIdGetDatum(spec->relid);
 	args[1] = CStringGetTextDatum(spec->event_type);

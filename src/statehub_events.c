@@ -139,15 +139,6 @@ define_capture_gucs(void)
 static void
 define_delivery_gucs(void)
 {
-	DefineCustomStringVariable("statehub_events.database",
-							   "Sets the database the delivery worker drains.",
-							   NULL,
-							   &statehub_database,
-							   "postgres",
-							   PGC_POSTMASTER,
-							   0,
-							   NULL, NULL, NULL);
-
 	DefineCustomStringVariable("statehub_events.nats_url",
 							   "Sets the NATS server URL, or a comma-separated list of a cluster's URLs.",
 							   "Empty: nothing is published and events stay queued.",
@@ -329,6 +320,21 @@ _PG_init(void)
 
 	define_capture_gucs();
 	define_delivery_gucs();
+
+	/*
+	 * A PGC_POSTMASTER variable can only be defined while preloading (later
+	 * it is FATAL), and only a preloaded library runs a worker to use it.
+	 */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomStringVariable("statehub_events.database",
+								   "Sets the database the delivery worker drains.",
+								   NULL,
+								   &statehub_database,
+								   "postgres",
+								   PGC_POSTMASTER,
+								   0,
+								   NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("statehub_events");
 
 	if (!process_shared_preload_libraries_in_progress)
