@@ -1,0 +1,685 @@
+
+# Copyright: statehub_events contributors
+
+=pod
+
+=head1 NAME
+
+StatehubTest - real nats-server and PostgreSQL nodes for the TAP tests of
+statehub_events
+
+=head1 SYNOPSIS
+
+  use FindBin;
+  use lib $FindBin::RealBin;
+  use StatehubTest;
+
+  my $nats = StatehubTest::Nats->new('nats');      # free loopback port
+  $nats->start;
+  my $node = StatehubTest::new_node('main', nats_url => $nats->url);
+
+  $node->safe_psql('postgres', q{SELECT statehub_events.emit('org.statehub.test.x')});
+  StatehubTest::wait_for_drain($node);
+  my $msgs = $nats->consume('STATEHUB');            # [ {subject, headers, body, ...} ]
+  StatehubTest::stream_holds_exactly($nats, 'STATEHUB', \@event_ids, 'case name');
+
+=head1 DESCRIPTION
+
+Every server is real and started here: nats-server with JetStream on a free
+loopback port (reserved through PostgreSQL::Test::Cluster::get_free_port, so
+it never collides with a PostgreSQL node), with its own store directory under
+the test's temporary directory; PostgreSQL through PostgreSQL::Test::Cluster
+with statehub_events preloaded.  All waits are bounded polls, never fixed
+sleeps; the bound is $PostgreSQL::Test::Utils::timeout_default seconds
+unless a call says otherwise.
+
+The stream is read back with test/nats_consume (built by "make"); see the
+header of test/nats_consume.c for what it prints.
+
+=head2 StatehubTest::Nats
+
+=over
+
+=item StatehubTest::Nats->new($name, %opts)
+
+A nats-server, not yet started.  Options: C<user> and C<password>, or
+C<token> (authorization); C<tls> => { cert => FILE, key => FILE } (the server
+then requires TLS); C<max_payload> (bytes).  The port and the store
+directory stay the same across stop/start, so a restart keeps the stream.
+
+=item $nats->start / stop / kill9 / restart
+
+start waits (bounded) until the server logs that it is ready and accepts
+connections; stop sends SIGTERM and waits for the process to exit; kill9
+sends SIGKILL.  A server still running when the test exits is killed.
+
+=item $nats->url / port / host_url
+
+C<nats://127.0.0.1:PORT> (C<tls://...> when TLS is on), without credentials.
+
+=item $nats->client_args
+
+The nats_consume options for this server's auth and TLS (used by the
+methods below; override with C<< $nats->{client_args} = [...] >>).
+
+=item $nats->stream_info($stream)
+
+Hash of nats_consume -i: C<exists>, C<messages>, C<first_seq>, C<last_seq>,
+C<duplicate_window_us>, C<subjects>.
+
+=item $nats->create_stream($stream, $subjects_csv, $dup_window_s)
+
+Creates a file-storage stream (as a DBA would with the nats CLI).
+
+=item $nats->wait_for_stream_count($stream, $count, $timeout_s)
+
+Polls until the stream holds at least $count messages; returns the last
+count seen (compare it with what you expected).
+
+=item $nats->consume($stream, %opts)
+
+Reads every message the stream holds now (or with C<count> => N, follows it
+until N arrived; C<filter> => SUBJECT; C<idle_ms>); returns an array ref of
+hashes: subject, headers (hash), body (bytes, exactly as published),
+received_at_us, seq.
+
+=back
+
+=head2 Functions
+
+=over
+
+=item new_node($name, %opts)
+
+A started PostgreSQL::Test::Cluster node with
+C<shared_preload_libraries = 'statehub_events'>,
+C<statehub_events.database = 'postgres'>, C<statehub_events.nats_url> (opt
+C<nats_url>, default empty), short retry backoffs (100 ms base, 1 s cap) so
+outages heal quickly, and C<restart_after_crash = on>.  C<conf> => "extra
+postgresql.conf lines".  The extension is created in database postgres
+unless C<no_extension> => 1.
+
+=item track_table($node)
+
+Creates table C<t (id int PRIMARY KEY, status text)> and tracks its inserts
+as C<org.statehub.test.created>.
+
+=item insert_events($node, $n, $per_transaction)
+
+Inserts $n new rows into C<t> (ids continue from the last call), in
+transactions of $per_transaction rows (default: one transaction): $n events
+through the capture trigger.
+
+=item set_gucs($node, name => value, ...)
+
+Appends C<statehub_events.NAME = 'VALUE'> to postgresql.conf and reloads (not
+ALTER SYSTEM: the TAP clusters log every statement, and secrets must only
+ever reach the server through its configuration files).
+
+=item worker_status($node)
+
+Hash of the status view's row (pid, state, server, stream, queued, ...).
+
+=item wait_for_worker_state($node, qr/regexp/)
+
+Polls the status view until the worker's state matches; returns true/false.
+
+=item wait_for_drain($node, $timeout_s)
+
+Polls until the outbox is empty; returns true/false.
+
+=item outbox_count($node) / dead_letter_count($node)
+
+=item outbox_ids($node)
+
+The event ids in the outbox, in drain order (array ref).
+
+=item wait_until_outbox_below($node, $count)
+
+Polls inside the server (every millisecond, bounded) until the outbox holds
+fewer than $count events; returns the count it saw.  Used to act in the
+middle of a drain: kill NATS, the worker or the postmaster the moment the
+first batches are gone.
+
+=item outbox_events($node)
+
+The queued events in drain order: array ref of hashes event_id, subject,
+payload (bytes, exactly as stored), attempts.
+
+=item stream_holds_exactly($nats, $stream, \@event_ids, $name)
+
+The exactly-once check: waits until the stream holds as many messages as
+@event_ids, reads them all back and asserts (as several tests, each named
+after $name) that the stream's message count equals the number of ids,
+that no Nats-Msg-Id appears twice, and that the set of Nats-Msg-Ids equals
+@event_ids.  Returns the messages.
+
+=item make_tls_files($dir)
+
+Generates with openssl a CA and a server certificate for 127.0.0.1 and
+localhost signed by it; returns { ca => FILE, cert => FILE, key => FILE }.
+
+=back
+
+=cut
+
+package StatehubTest;
+
+use strict;
+use warnings;
+
+use Carp;
+use Cwd qw(abs_path);
+use File::Basename qw(dirname);
+use IPC::Run;
+use JSON::PP;
+use POSIX qw(:sys_wait_h);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep time);
+
+our $bindir = abs_path(dirname(__FILE__) . '/..');
+our $consume_bin = "$bindir/nats_consume";
+our $publish_raw_bin = "$bindir/nats_publish_raw";
+
+my $json = JSON::PP->new->utf8;
+
+sub _bound { return $_[0] // $PostgreSQL::Test::Utils::timeout_default; }
+
+sub nats_server_bin
+{
+	return $ENV{NATS_SERVER} if $ENV{NATS_SERVER};
+	foreach my $dir (split(/:/, $ENV{PATH} // ''), '/usr/sbin', '/usr/local/bin',
+		'/usr/bin')
+	{
+		return "$dir/nats-server" if -x "$dir/nats-server";
+	}
+	BAIL_OUT('nats-server not found: install the Debian package nats-server '
+		  . '(scripts/test does) or set NATS_SERVER');
+}
+
+sub new_node
+{
+	my ($name, %opts) = @_;
+
+	-x $consume_bin or BAIL_OUT("$consume_bin is missing: run make first");
+
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	my $url = $opts{nats_url} // '';
+	$node->append_conf(
+		'postgresql.conf', qq{
+shared_preload_libraries = 'statehub_events'
+statehub_events.database = 'postgres'
+statehub_events.nats_url = '$url'
+statehub_events.retry_backoff_base = '100ms'
+statehub_events.retry_backoff_max = '1s'
+restart_after_crash = on
+} . ($opts{conf} // ''));
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION statehub_events')
+	  unless $opts{no_extension};
+	return $node;
+}
+
+sub track_table
+{
+	my ($node) = @_;
+	$node->safe_psql(
+		'postgres', q{
+CREATE TABLE t (id int PRIMARY KEY, status text);
+SELECT statehub_events.track_insert('t', 'org.statehub.test.created');
+});
+	$node->{statehub_next_id} = 1;
+	return;
+}
+
+sub insert_events
+{
+	my ($node, $n, $per) = @_;
+	my $sql = '';
+	$per //= $n;
+	while ($n > 0)
+	{
+		my $k = $n < $per ? $n : $per;
+		my $first = $node->{statehub_next_id};
+		my $last = $first + $k - 1;
+		$sql .= "INSERT INTO t SELECT g, 'new' FROM generate_series($first, $last) g;\n";
+		$node->{statehub_next_id} += $k;
+		$n -= $k;
+	}
+	$node->safe_psql('postgres', $sql);
+	return;
+}
+
+sub set_gucs
+{
+	my ($node, %gucs) = @_;
+	my $lines = '';
+
+	foreach my $name (sort keys %gucs)
+	{
+		(my $value = $gucs{$name}) =~ s/'/''/g;
+		$lines .= "statehub_events.$name = '$value'\n";
+	}
+	$node->append_conf('postgresql.conf', $lines);
+	$node->reload;
+	return;
+}
+
+sub worker_status
+{
+	my ($node) = @_;
+	my @cols = qw(pid state server stream queued retrying dead_letters
+	  published failed last_error last_error_at last_publish_at);
+	my $row = $node->safe_psql('postgres',
+		    'SELECT pg_catalog.json_build_object('
+		  . join(', ', map { "'$_', $_" } @cols)
+		  . ') FROM statehub_events.status');
+	return $json->decode($row);
+}
+
+sub wait_for_worker_state
+{
+	my ($node, $re, $timeout) = @_;
+	my $deadline = time() + _bound($timeout);
+	my $st;
+
+	while (time() < $deadline)
+	{
+		$st = worker_status($node);
+		return 1 if defined $st->{state} && $st->{state} =~ $re;
+		usleep(50_000);
+	}
+	diag("worker state never matched $re; last: " . $json->encode($st));
+	return 0;
+}
+
+sub outbox_count
+{
+	my ($node) = @_;
+	return $node->safe_psql('postgres',
+		'SELECT count(*) FROM statehub_events.outbox');
+}
+
+sub dead_letter_count
+{
+	my ($node) = @_;
+	return $node->safe_psql('postgres',
+		'SELECT count(*) FROM statehub_events.dead_letter');
+}
+
+sub wait_for_drain
+{
+	my ($node, $timeout) = @_;
+	my $deadline = time() + _bound($timeout);
+
+	while (time() < $deadline)
+	{
+		return 1 if outbox_count($node) == 0;
+		usleep(50_000);
+	}
+	diag('outbox still holds ' . outbox_count($node) . ' events');
+	return 0;
+}
+
+sub outbox_ids
+{
+	my ($node) = @_;
+	return [ split /\n/,
+		$node->safe_psql('postgres',
+			'SELECT event_id FROM statehub_events.outbox ORDER BY id') ];
+}
+
+sub wait_until_outbox_below
+{
+	my ($node, $count) = @_;
+	my $bound = $PostgreSQL::Test::Utils::timeout_default;
+	return $node->safe_psql(
+		'postgres', qq{
+DO \$\$
+DECLARE
+	deadline timestamptz := clock_timestamp() + interval '$bound s';
+BEGIN
+	WHILE clock_timestamp() < deadline
+		AND (SELECT count(*) FROM statehub_events.outbox) >= $count
+	LOOP
+		PERFORM pg_sleep(0.001);
+	END LOOP;
+END
+\$\$;
+SELECT count(*) FROM statehub_events.outbox;
+});
+}
+
+sub outbox_events
+{
+	my ($node) = @_;
+	my $out = $node->safe_psql('postgres',
+		q{SELECT event_id, subject, attempts,
+		         pg_catalog.encode(pg_catalog.convert_to(payload, 'UTF8'), 'hex')
+		    FROM statehub_events.outbox ORDER BY id});
+	my @events;
+	foreach my $line (split /\n/, $out)
+	{
+		my ($id, $subject, $attempts, $hex) = split /\|/, $line;
+		push @events,
+		  {
+			event_id => $id,
+			subject  => $subject,
+			attempts => $attempts,
+			payload  => pack('H*', $hex)
+		  };
+	}
+	return \@events;
+}
+
+sub stream_holds_exactly
+{
+	my ($nats, $stream, $ids, $name) = @_;
+	my $n = scalar @$ids;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+
+	$nats->wait_for_stream_count($stream, $n);
+	my $info = $nats->stream_info($stream);
+	is($info->{messages}, $n, "$name: stream holds $n messages");
+
+	my $msgs = $nats->consume($stream);
+	my %seen;
+	$seen{ $_->{headers}{'Nats-Msg-Id'} // '(none)' }++ foreach @$msgs;
+	my @dups = grep { $seen{$_} > 1 } sort keys %seen;
+	is_deeply(\@dups, [], "$name: no Nats-Msg-Id in the stream twice");
+	is_deeply([ sort keys %seen ], [ sort @$ids ],
+		"$name: the stream's Nats-Msg-Ids are exactly the committed event ids");
+	return $msgs;
+}
+
+sub make_tls_files
+{
+	my ($dir) = @_;
+	my %f = (
+		ca     => "$dir/ca.pem",
+		ca_key => "$dir/ca-key.pem",
+		cert   => "$dir/server.pem",
+		key    => "$dir/server-key.pem",
+		csr    => "$dir/server.csr",
+		ext    => "$dir/server.ext");
+
+	append_to_file($f{ext},
+		"subjectAltName = IP:127.0.0.1, DNS:localhost\n"
+		  . "extendedKeyUsage = serverAuth\n");
+	my @cmds = (
+		[
+			'openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes',
+			'-keyout', $f{ca_key}, '-out', $f{ca}, '-days', '2',
+			'-subj', '/CN=statehub test CA'
+		],
+		[
+			'openssl', 'req', '-newkey', 'rsa:2048', '-nodes',
+			'-keyout', $f{key}, '-out', $f{csr},
+			'-subj', '/CN=127.0.0.1'
+		],
+		[
+			'openssl', 'x509', '-req', '-in', $f{csr}, '-CA', $f{ca},
+			'-CAkey', $f{ca_key}, '-CAcreateserial', '-out', $f{cert},
+			'-days', '2', '-extfile', $f{ext}
+		]);
+	foreach my $cmd (@cmds)
+	{
+		my ($out, $err);
+		IPC::Run::run($cmd, '>', \$out, '2>', \$err)
+		  or BAIL_OUT("@$cmd failed: $err");
+	}
+	return { ca => $f{ca}, cert => $f{cert}, key => $f{key} };
+}
+
+package StatehubTest::Nats;
+
+use strict;
+use warnings;
+
+use Carp;
+use IO::Socket::INET;
+use IPC::Run;
+use JSON::PP;
+use POSIX qw(:sys_wait_h);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep time);
+
+my @running;
+
+sub new
+{
+	my ($class, $name, %opts) = @_;
+	my $dir = PostgreSQL::Test::Utils::tempdir("nats_$name");
+	my $self = bless {
+		name => $name,
+		dir  => $dir,
+		port => PostgreSQL::Test::Cluster::get_free_port(),
+		pid  => undef,
+		%opts
+	}, $class;
+	mkdir "$dir/store";
+	return $self;
+}
+
+sub port { return $_[0]->{port}; }
+
+sub url
+{
+	my ($self) = @_;
+	my $scheme = $self->{tls} ? 'tls' : 'nats';
+	return "$scheme://127.0.0.1:$self->{port}";
+}
+
+sub logfile { return "$_[0]->{dir}/nats.log"; }
+
+sub client_args
+{
+	my ($self) = @_;
+	return @{ $self->{client_args} } if $self->{client_args};
+	my @a;
+	push @a, '-u', $self->{user}, '-p', $self->{password} if defined $self->{user};
+	push @a, '-k', $self->{token} if defined $self->{token};
+	push @a, '-C', $self->{tls}{ca} if $self->{tls};
+	return @a;
+}
+
+sub _write_config
+{
+	my ($self) = @_;
+	my $q = sub { my $v = shift; $v =~ s/(["\\])/\\$1/g; return "\"$v\""; };
+	my $conf = "listen: 127.0.0.1:$self->{port}\n"
+	  . "server_name: " . $q->("statehub_test_$self->{name}") . "\n"
+	  . "jetstream {\n  store_dir: " . $q->("$self->{dir}/store") . "\n}\n";
+	$conf .= "max_payload: $self->{max_payload}\n" if $self->{max_payload};
+	if (defined $self->{user})
+	{
+		$conf .= "authorization {\n  user: " . $q->($self->{user})
+		  . "\n  password: " . $q->($self->{password}) . "\n}\n";
+	}
+	elsif (defined $self->{token})
+	{
+		$conf .= "authorization {\n  token: " . $q->($self->{token}) . "\n}\n";
+	}
+	if ($self->{tls})
+	{
+		$conf .= "tls {\n  cert_file: " . $q->($self->{tls}{cert})
+		  . "\n  key_file: " . $q->($self->{tls}{key})
+		  . "\n  timeout: 5\n}\n";
+	}
+	my $file = "$self->{dir}/nats.conf";
+	open my $fh, '>', $file or die "could not write $file: $!";
+	print $fh $conf;
+	close $fh;
+	return $file;
+}
+
+sub start
+{
+	my ($self) = @_;
+	croak "nats-server $self->{name} already running" if $self->{pid};
+
+	my $conf = $self->_write_config;
+	my $bin = StatehubTest::nats_server_bin();
+	my $log = $self->logfile;
+	my $offset = -s $log // 0;
+
+	my $pid = fork();
+	die "fork failed: $!" unless defined $pid;
+	if ($pid == 0)
+	{
+		open STDIN,  '<',  '/dev/null';
+		open STDOUT, '>>', $log;
+		open STDERR, '>&', \*STDOUT;
+		exec($bin, '-c', $conf) or POSIX::_exit(127);
+	}
+	$self->{pid} = $pid;
+	push @running, $self;
+	note("started nats-server $self->{name} (pid $pid) on port $self->{port}");
+
+	my $deadline = time() + $PostgreSQL::Test::Utils::timeout_default;
+	while (time() < $deadline)
+	{
+		if (waitpid($pid, WNOHANG) == $pid)
+		{
+			$self->{pid} = undef;
+			BAIL_OUT("nats-server $self->{name} exited at start: "
+				  . slurp_file($log, $offset));
+		}
+		my $text = slurp_file($log, $offset);
+		if ($text =~ /Server is ready/)
+		{
+			my $sock = IO::Socket::INET->new(
+				PeerAddr => '127.0.0.1',
+				PeerPort => $self->{port},
+				Proto    => 'tcp');
+			if ($sock)
+			{
+				close $sock;
+				return;
+			}
+		}
+		usleep(20_000);
+	}
+	BAIL_OUT("nats-server $self->{name} did not become ready");
+}
+
+sub _signal_and_wait
+{
+	my ($self, $sig) = @_;
+	my $pid = $self->{pid};
+	return unless $pid;
+
+	kill $sig, $pid;
+	my $deadline = time() + $PostgreSQL::Test::Utils::timeout_default;
+	while (time() < $deadline)
+	{
+		if (waitpid($pid, WNOHANG) == $pid)
+		{
+			$self->{pid} = undef;
+			@running = grep { $_ != $self } @running;
+			note("nats-server $self->{name} stopped with SIG$sig");
+			return;
+		}
+		usleep(20_000);
+	}
+	BAIL_OUT("nats-server $self->{name} (pid $pid) did not exit on SIG$sig");
+}
+
+sub stop  { $_[0]->_signal_and_wait('TERM'); return; }
+sub kill9 { $_[0]->_signal_and_wait('KILL'); return; }
+
+sub restart
+{
+	my ($self) = @_;
+	$self->stop;
+	$self->start;
+	return;
+}
+
+sub _run_client
+{
+	my ($self, @args) = @_;
+	my ($out, $err) = ('', '');
+	my $ok = IPC::Run::run(
+		[ $StatehubTest::consume_bin, $self->client_args, @args ],
+		'>', \$out, '2>', \$err,
+		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+	return ($ok, $?, $out, $err);
+}
+
+sub stream_info
+{
+	my ($self, $stream) = @_;
+	my ($ok, $rc, $out, $err) = $self->_run_client('-i', $self->url, $stream);
+	croak "nats_consume -i failed: $err" unless $ok;
+	return decode_json($out);
+}
+
+sub create_stream
+{
+	my ($self, $stream, $subjects, $dup) = @_;
+	my @dup = $dup ? ('-D', $dup) : ();
+	my ($ok, $rc, $out, $err) =
+	  $self->_run_client('-S', $subjects, @dup, $self->url, $stream);
+	croak "could not create stream $stream: $err" unless $ok;
+	return decode_json($out);
+}
+
+sub wait_for_stream_count
+{
+	my ($self, $stream, $count, $timeout) = @_;
+	my $deadline = time() + ($timeout // $PostgreSQL::Test::Utils::timeout_default);
+	my $seen = 0;
+
+	while (time() < $deadline)
+	{
+		my ($ok, $rc, $out, $err) = $self->_run_client('-i', $self->url, $stream);
+		$seen = decode_json($out)->{messages} if $ok;
+		return $seen if $seen >= $count;
+		usleep(100_000);
+	}
+	diag("stream $stream holds $seen messages, expected $count");
+	return $seen;
+}
+
+sub consume
+{
+	my ($self, $stream, %opts) = @_;
+	my @args;
+	push @args, '-n', $opts{count}   if defined $opts{count};
+	push @args, '-f', $opts{filter}  if defined $opts{filter};
+	push @args, '-t', $opts{idle_ms} if defined $opts{idle_ms};
+
+	my ($ok, $rc, $out, $err) = $self->_run_client(@args, $self->url, $stream);
+	diag("nats_consume: $err") unless $ok;
+
+	my $json = JSON::PP->new->utf8;
+	my @msgs;
+	foreach my $line (split /\n/, $out)
+	{
+		my $m = $json->decode($line);
+		# back to the exact published bytes
+		utf8::encode($m->{body});
+		push @msgs, $m;
+	}
+	return \@msgs;
+}
+
+END
+{
+	my $exit_code = $?;
+	foreach my $nats (@running)
+	{
+		next unless $nats->{pid};
+		kill 'KILL', $nats->{pid};
+		waitpid($nats->{pid}, 0);
+	}
+	$? = $exit_code;
+}
+
+1;
