@@ -85,6 +85,47 @@ statehub_shmem_wake_worker(void)
 		SetLatch(latch);
 }
 
+/*
+ * The worker announces itself: from now on commits set its latch.  The
+ * counters start again at zero ("since the worker started").  The wake
+ * flag is set so that the first round drains at once.
+ */
+void
+statehub_shmem_worker_started(pid_t pid, Latch *latch)
+{
+	SpinLockAcquire(&statehub_shared->mutex);
+	statehub_shared->worker_pid = pid;
+	statehub_shared->state = STATEHUB_WORKER_CONNECTING;
+	statehub_shared->server[0] = '\0';
+	statehub_shared->stream[0] = '\0';
+	statehub_shared->published = 0;
+	statehub_shared->failed = 0;
+	statehub_shared->dedup_window_us = 0;
+	SpinLockRelease(&statehub_shared->mutex);
+
+	pg_write_barrier();
+	statehub_shared->worker_latch = latch;
+	pg_atomic_write_u32(&statehub_shared->wake_pending, 1);
+}
+
+/*
+ * The worker is going away (exit callback).  The last error stays for the
+ * status view; waiters on drained_cv are woken so they notice.
+ */
+void
+statehub_shmem_worker_stopped(void)
+{
+	statehub_shared->worker_latch = NULL;
+	pg_write_barrier();
+
+	SpinLockAcquire(&statehub_shared->mutex);
+	statehub_shared->worker_pid = 0;
+	statehub_shared->state = STATEHUB_WORKER_NOT_RUNNING;
+	SpinLockRelease(&statehub_shared->mutex);
+
+	ConditionVariableBroadcast(&statehub_shared->drained_cv);
+}
+
 const char *
 statehub_worker_state_name(StatehubWorkerStateCode state)
 {

@@ -1,0 +1,274 @@
+/*-------------------------------------------------------------------------
+ *
+ * admin.c
+ *		SQL-callable functions for DBAs: the worker's status, waiting for
+ *		the outbox to drain, waking the worker, and the install-time
+ *		warning when no worker can run.
+ *
+ * These run in ordinary backends and only read shared memory (shmem.c);
+ * without shared_preload_libraries there is none, and they say so rather
+ * than fail.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_authid.h"
+#include "commands/dbcommands.h"
+#include "executor/tuptable.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/condition_variable.h"
+#include "storage/latch.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "shmem.h"
+#include "statehub_events.h"
+
+PG_FUNCTION_INFO_V1(worker_status);
+PG_FUNCTION_INFO_V1(wait_for_drain);
+PG_FUNCTION_INFO_V1(wake_worker);
+PG_FUNCTION_INFO_V1(warn_if_no_worker);
+
+/* Longest single sleep of wait_for_drain between two looks at the outbox. */
+#define DRAIN_POLL_MS 100
+
+#define WORKER_STATUS_COLS 10
+
+/*
+ * worker_status() returns the worker's shared state, one row.  The server
+ * URL (password already masked by the worker) is shown only to superusers
+ * and members of pg_read_all_settings, like the GUC it comes from.
+ */
+Datum
+worker_status(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[WORKER_STATUS_COLS];
+	bool		nulls[WORKER_STATUS_COLS];
+	StatehubShared copy;
+	bool		show_server;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+
+	memset(nulls, true, sizeof(nulls));
+	memset(&copy, 0, sizeof(copy));
+	if (statehub_shared != NULL)
+	{
+		SpinLockAcquire(&statehub_shared->mutex);
+		copy.worker_pid = statehub_shared->worker_pid;
+		copy.state = statehub_shared->state;
+		memcpy(copy.server, statehub_shared->server, sizeof(copy.server));
+		memcpy(copy.stream, statehub_shared->stream, sizeof(copy.stream));
+		copy.published = statehub_shared->published;
+		copy.failed = statehub_shared->failed;
+		memcpy(copy.last_error, statehub_shared->last_error,
+			   sizeof(copy.last_error));
+		copy.last_error_at = statehub_shared->last_error_at;
+		copy.last_publish_at = statehub_shared->last_publish_at;
+		copy.dedup_window_us = statehub_shared->dedup_window_us;
+		SpinLockRelease(&statehub_shared->mutex);
+	}
+	if (copy.worker_pid == 0)
+		copy.state = STATEHUB_WORKER_NOT_RUNNING;
+
+	show_server = superuser() ||
+		has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_SETTINGS);
+
+	if (copy.worker_pid != 0)
+	{
+		values[0] = Int32GetDatum((int32) copy.worker_pid);
+		nulls[0] = false;
+	}
+	values[1] = CStringGetTextDatum(statehub_worker_state_name(copy.state));
+	nulls[1] = false;
+	if (show_server && copy.server[0] != '\0')
+	{
+		values[2] = CStringGetTextDatum(copy.server);
+		nulls[2] = false;
+	}
+	if (copy.stream[0] != '\0')
+	{
+		values[3] = CStringGetTextDatum(copy.stream);
+		nulls[3] = false;
+	}
+	if (statehub_shared != NULL)
+	{
+		values[4] = Int64GetDatum(copy.published);
+		nulls[4] = false;
+		values[5] = Int64GetDatum(copy.failed);
+		nulls[5] = false;
+	}
+	if (copy.last_error[0] != '\0')
+	{
+		values[6] = CStringGetTextDatum(copy.last_error);
+		nulls[6] = false;
+		values[7] = TimestampTzGetDatum(copy.last_error_at);
+		nulls[7] = false;
+	}
+	if (copy.last_publish_at != 0)
+	{
+		values[8] = TimestampTzGetDatum(copy.last_publish_at);
+		nulls[8] = false;
+	}
+	if (copy.dedup_window_us > 0)
+	{
+		Interval   *window = palloc0(sizeof(Interval));
+
+		window->day = (int32) (copy.dedup_window_us / USECS_PER_DAY);
+		window->time = copy.dedup_window_us % USECS_PER_DAY;
+		values[9] = IntervalPGetDatum(window);
+		nulls[9] = false;
+	}
+
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/*
+ * True if statehub_events.outbox holds no row visible to a fresh snapshot.
+ * The scan goes straight through the table access method: no SQL, and no
+ * ACL check on the outbox (the caller was granted wait_for_drain, not the
+ * table).
+ */
+static bool
+outbox_is_empty(Oid relid)
+{
+	Relation	rel;
+	Snapshot	snapshot;
+	TableScanDesc scan;
+	TupleTableSlot *slot;
+	bool		empty;
+
+	rel = table_open(relid, AccessShareLock);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	slot = table_slot_create(rel, NULL);
+	scan = table_beginscan(rel, snapshot, 0, NULL);
+	empty = !table_scan_getnextslot(scan, ForwardScanDirection, slot);
+	table_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, AccessShareLock);
+	return empty;
+}
+
+/*
+ * wait_for_drain(timeout interval) blocks until the outbox is empty (true)
+ * or the timeout passed (false).
+ *
+ * Each look takes the latest snapshot, so it sees what other sessions
+ * committed since, whatever the caller's isolation level.  Rows the
+ * caller's own transaction queued are visible to it until it commits and
+ * cannot be delivered before: called in that transaction, it can only
+ * time out.  Between looks it sleeps on the worker's drained condition
+ * variable (broadcast after every batch), at most DRAIN_POLL_MS, so rows
+ * removed by anything else are noticed too; without shared memory it polls
+ * on its latch.
+ */
+Datum
+wait_for_drain(PG_FUNCTION_ARGS)
+{
+	Interval   *timeout = PG_GETARG_INTERVAL_P(0);
+	int64		timeout_us;
+	TimestampTz deadline;
+	Oid			relid;
+	bool		empty = false;
+
+	timeout_us = timeout->time +
+		(int64) timeout->day * USECS_PER_DAY +
+		(int64) timeout->month * DAYS_PER_MONTH * USECS_PER_DAY;
+	deadline = GetCurrentTimestamp() + Max(timeout_us, 0);
+
+	relid = get_relname_relid("outbox", get_namespace_oid(STATEHUB_SCHEMA, false));
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table \"%s.outbox\" does not exist", STATEHUB_SCHEMA)));
+
+	for (;;)
+	{
+		TimestampTz now;
+		long		sleep_ms;
+
+		CHECK_FOR_INTERRUPTS();
+		if (outbox_is_empty(relid))
+		{
+			empty = true;
+			break;
+		}
+		now = GetCurrentTimestamp();
+		if (now >= deadline)
+			break;
+		sleep_ms = Min((deadline - now) / 1000 + 1, DRAIN_POLL_MS);
+
+		if (statehub_shared != NULL)
+		{
+			ConditionVariablePrepareToSleep(&statehub_shared->drained_cv);
+			(void) ConditionVariableTimedSleep(&statehub_shared->drained_cv,
+											   sleep_ms, PG_WAIT_EXTENSION);
+		}
+		else
+		{
+			(void) WaitLatch(MyLatch,
+							 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 sleep_ms, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
+	}
+	if (statehub_shared != NULL)
+		ConditionVariableCancelSleep();
+
+	PG_RETURN_BOOL(empty);
+}
+
+/*
+ * wake_worker() wakes the worker when the current transaction commits,
+ * for rows put into the outbox by hand (or by retry_dead_letters).
+ */
+Datum
+wake_worker(PG_FUNCTION_ARGS)
+{
+	statehub_capture_arm_wakeup();
+	PG_RETURN_VOID();
+}
+
+/*
+ * warn_if_no_worker() is called once by the install script: CREATE
+ * EXTENSION succeeds either way, but a DBA should hear at once when no
+ * worker will deliver the events of this database.
+ */
+Datum
+warn_if_no_worker(PG_FUNCTION_ARGS)
+{
+	if (!statehub_preloaded)
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("statehub_events is not in shared_preload_libraries, so no delivery worker runs"),
+				 errdetail("Row changes are captured, but their events wait in statehub_events.outbox until a worker delivers them."),
+				 errhint("Add statehub_events to shared_preload_libraries and restart the server.")));
+	else
+	{
+		char	   *dbname = get_database_name(MyDatabaseId);
+
+		if (dbname != NULL && strcmp(dbname, statehub_database) != 0)
+			ereport(WARNING,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the statehub_events delivery worker drains database \"%s\", not database \"%s\"",
+							statehub_database, dbname),
+					 errdetail("Events captured in this database wait in statehub_events.outbox."),
+					 errhint("Set statehub_events.database to \"%s\" and restart the server.",
+							 dbname)));
+	}
+	PG_RETURN_VOID();
+}
