@@ -35,7 +35,7 @@ SELECT statehub_events.track_transition('t', 'status', 'done', 'org.statehub.tes
 $node->safe_psql(
 	'postgres', q{
 INSERT INTO t VALUES (1, 'open', 'plain');
-INSERT INTO t VALUES (2, 'open', E'quote " backslash \\ newline \n tab \t');
+INSERT INTO t VALUES (2, 'open', E'quote " backslash \\\\ newline \n tab \t');
 INSERT INTO t VALUES (3, 'open', 'é ✓ 🚀 日本');
 UPDATE t SET status = 'done' WHERE id = 3;
 SELECT statehub_events.emit('org.statehub.test.x', '{"k": 1}');

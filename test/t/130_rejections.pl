@@ -111,7 +111,7 @@ is_deeply([ sort split /\n/, $node->safe_psql('postgres',
 $reasons = $node->safe_psql('postgres',
 	'SELECT string_agg(DISTINCT reason, E\'\n\') FROM statehub_events.dead_letter');
 note("dead letter reason: $reasons");
-like($reasons, qr/max_payload|maximum payload|too large|exceeds/i,
+like($reasons, qr/max_payload|maximum payload|too large|exceeds|more than (the )?\d+ bytes/i,
 	'case 8: the reason says the event exceeds the maximum payload');
 is($node->safe_psql('postgres',
 		'SELECT max(attempts) <= 1 FROM statehub_events.dead_letter'),
