@@ -25,11 +25,15 @@
  * with this invariant: every id below it was seen by an earlier scan or
  * can never appear.  Ids come from nextval in the writing transaction, so
  * a lower id than one already seen may still commit later.  After a scan
- * with snapshot S that saw ids up to M, (M + 1, S->xmax) is remembered as
- * a pending cursor; once a later scan's snapshot has xmin >= that xmax,
- * every transaction that could hold an id below M + 1 has ended and its
- * rows were visible to that later scan, so the cursor may move up to
- * M + 1 (or as far as that scan actually saw and handled, if less).
+ * with snapshot S that saw ids up to M, (M + 1, X) is remembered as a
+ * pending cursor, where X is the next transaction id read just after S was
+ * taken: every transaction that held an id below M + 1 at S had its xid
+ * by then, so its xid is below X.  (Not S->xmax: that is only
+ * latestCompletedXid + 1, and a transaction running at S may have an xid
+ * above it.)  Once a later scan's snapshot has xmin >= X, all those
+ * transactions have ended and their rows were visible to that later scan,
+ * so the cursor may move up to M + 1 (or as far as that scan actually saw
+ * and handled, if less).
  * Ids a writer holds before it has an xid escape that argument, so the
  * cursor also goes back to 0 once a minute (FULL_SCAN_INTERVAL_MS); that
  * scan, and the one at start, find anything left behind.
@@ -99,7 +103,7 @@ typedef enum BatchResult
 typedef struct PendingCursor
 {
 	int64		value;
-	TransactionId xmax;
+	TransactionId next_xid;
 } PendingCursor;
 
 /* One scanned row on its way through the batch. */
@@ -634,12 +638,13 @@ retry_delay_ms(int attempts)
 }
 
 /*
- * Move the cursor after a scan with snapshot (xmin, xmax) that started at
- * the cursor, saw rows up to max_id (-1: none) and handled every row below
- * covered.  See the file header for why this is safe.
+ * Move the cursor after a scan that started at the cursor with a snapshot
+ * of this xmin, read next_xid just after it, saw rows up to max_id (-1:
+ * none) and handled every row below covered.  See the file header for why
+ * this is safe.
  */
 static void
-advance_cursor(TransactionId xmin, TransactionId xmax, int64 max_id,
+advance_cursor(TransactionId xmin, TransactionId next_xid, int64 max_id,
 			   int64 covered)
 {
 	int			done = 0;
@@ -649,14 +654,14 @@ advance_cursor(TransactionId xmin, TransactionId xmax, int64 max_id,
 		(npending == 0 || pending[npending - 1].value < max_id + 1))
 	{
 		if (npending == MAX_PENDING_CURSORS)
-			npending--;			/* merge: a later xmax only waits longer */
+			npending--;			/* merge: a later xid only waits longer */
 		pending[npending].value = max_id + 1;
-		pending[npending].xmax = xmax;
+		pending[npending].next_xid = next_xid;
 		npending++;
 	}
 
 	while (done < npending &&
-		   TransactionIdPrecedesOrEquals(pending[done].xmax, xmin))
+		   TransactionIdPrecedesOrEquals(pending[done].next_xid, xmin))
 	{
 		int64		to = Min(pending[done].value, covered);
 
@@ -682,7 +687,7 @@ run_batch(void)
 	BatchResult result = BATCH_DONE;
 	Snapshot	snap;
 	TransactionId xmin;
-	TransactionId xmax;
+	TransactionId next_xid;
 	Datum		values[4];
 	int			nrows;
 	int			i;
@@ -733,7 +738,8 @@ run_batch(void)
 	/* the scan runs read-only in exactly this snapshot */
 	snap = GetActiveSnapshot();
 	xmin = snap->xmin;
-	xmax = snap->xmax;
+	/* an upper bound of every xid assigned before the snapshot */
+	next_xid = ReadNextTransactionId();
 	values[0] = Int64GetDatum(cursor);
 	values[1] = Int64GetDatum((int64) statehub_batch_size);
 	if (SPI_execute_plan(scan_plan, values, NULL, true, 0) != SPI_OK_SELECT)
@@ -772,7 +778,7 @@ run_batch(void)
 		if (VARSIZE_ANY_EXHDR(payload) > max_body)
 		{
 			add_update(&dead, rows[i].id, rows[i].attempts,
-					   psprintf("the event is %zu bytes, more than the %lld bytes the NATS server accepts",
+					   psprintf("the event is %zu bytes, which exceeds the NATS server's max_payload (%lld bytes left after the headers)",
 								VARSIZE_ANY_EXHDR(payload),
 								(long long) max_body),
 					   now);
@@ -851,7 +857,7 @@ run_batch(void)
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(loop_context);
 
-	advance_cursor(xmin, xmax, max_id, covered);
+	advance_cursor(xmin, next_xid, max_id, covered);
 
 	/* what other processes see */
 	SpinLockAcquire(&statehub_shared->mutex);
