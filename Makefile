@@ -23,10 +23,10 @@ EXTENSION = statehub_events
 DATA = statehub_events--1.0.sql
 PGFILEDESC = "statehub_events - transactional outbox delivered to NATS JetStream"
 
+# setup creates the extension (and the helpers the other files use)
 REGRESS = setup track_insert track_transition track_delete track_errors \
-	envelope attributes emit outbox_tx partitioned capture_guc privileges \
+	attributes emit outbox_tx partitioned capture_guc privileges \
 	column_changes
-REGRESS_OPTS = --load-extension=statehub_events
 
 ISOLATION = concurrent_transitions
 ISOLATION_OPTS = --inputdir=test --outputdir=test/output_iso --load-extension=statehub_events
