@@ -1,0 +1,163 @@
+# shellcheck shell=bash
+#
+# Shared setup for the delivery benchmarks (bench/drain, bench/latency,
+# bench/memory, bench/queue_health).  Sourced, never run; the caller sets
+# PROG first.
+#
+# Each benchmark starts its own nats-server -js and its own PostgreSQL 15
+# cluster on free loopback ports under a fresh temporary directory, runs,
+# prints its figures, and stops and removes everything on exit (set
+# BENCH_KEEP=1 to keep the directory and its logs).  As root, the servers
+# run as the unprivileged user of scripts/lib.sh (initdb refuses root).
+#
+# The extension must be installed (make && make install) and the test
+# helpers built (make builds test/nats_consume and test/nats_publish_raw).
+
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+
+CONSUME=$REPO_ROOT/test/nats_consume
+PUBLISH_RAW=$REPO_ROOT/test/nats_publish_raw
+BENCH_DIR=
+NATS_PORT=
+NATS_URL=
+PG_PORT=
+
+bench_cleanup()
+{
+	[[ -n $BENCH_DIR ]] || return 0
+	pg_stop_cluster "$BENCH_DIR/pg"
+	if [[ -s $BENCH_DIR/nats.pid ]] && pid_runs "$(cat "$BENCH_DIR/nats.pid")" nats-server; then
+		stop_pid "$(cat "$BENCH_DIR/nats.pid")" TERM
+	fi
+	if [[ -n ${BENCH_KEEP:-} ]]; then
+		say "kept $BENCH_DIR"
+	else
+		rm -rf "$BENCH_DIR"
+	fi
+}
+
+# Start nats-server and PostgreSQL with the extension created in database
+# postgres.  The worker starts disabled (nats_url empty) unless $1 is
+# "enabled".  Extra postgresql.conf lines come on stdin.
+bench_start()
+{
+	local worker=${1:-disabled} url='' conf i
+	conf=$(cat)
+
+	[[ -x $CONSUME && -x $PUBLISH_RAW ]] ||
+		die "test helpers missing: run make in $REPO_ROOT first"
+	[[ -f $("$PG_CONFIG" --pkglibdir)/statehub_events.so ]] ||
+		die "statehub_events is not installed: run make install first"
+	ensure_runner_user
+
+	BENCH_DIR=$(mktemp -d "${TMPDIR:-/tmp}/statehub-bench.XXXXXX")
+	trap bench_cleanup EXIT
+	mkdir -p "$BENCH_DIR/pg" "$BENCH_DIR/nats"
+	is_root && chown -R "$(runner_user):" "$BENCH_DIR"
+
+	NATS_PORT=$(free_port)
+	PG_PORT=$(free_port)
+	[[ $PG_PORT != "$NATS_PORT" ]] || PG_PORT=$(free_port)
+	NATS_URL=nats://127.0.0.1:$NATS_PORT
+
+	as_runner setsid nats-server -js -a 127.0.0.1 -p "$NATS_PORT" \
+		-sd "$BENCH_DIR/nats" -P "$BENCH_DIR/nats.pid" -l "$BENCH_DIR/nats.log" \
+		</dev/null >/dev/null 2>&1 &
+	for ((i = 0; i < 100; i++)); do
+		[[ -s $BENCH_DIR/nats.pid ]] && break
+		sleep 0.1
+	done
+	wait_for_port "$NATS_PORT" nats-server
+
+	[[ $worker == enabled ]] && url=$NATS_URL
+	pg_init_cluster "$BENCH_DIR/pg" <<-EOT
+		statehub_events.nats_url = '$url'
+		$conf
+	EOT
+	pg_start_cluster "$BENCH_DIR/pg" "$PG_PORT"
+	q "CREATE EXTENSION statehub_events" >/dev/null
+	say "PostgreSQL on 127.0.0.1:$PG_PORT, nats-server on $NATS_URL, files in $BENCH_DIR"
+}
+
+# Run SQL in database postgres; prints the result unaligned, tuples only.
+q()
+{
+	as_runner psql -X -q -A -t -v ON_ERROR_STOP=1 -h "$BENCH_DIR/pg" -p "$PG_PORT" \
+		-d postgres -c "$1"
+}
+
+# Run pgbench against the benchmark cluster (arguments as pgbench's).
+bench_pgbench()
+{
+	as_runner pgbench -h "$BENCH_DIR/pg" -p "$PG_PORT" "$@" postgres
+}
+
+# Set statehub_events.$1 = '$2' in postgresql.conf and reload.
+set_guc()
+{
+	printf "statehub_events.%s = '%s'\n" "$1" "$2" |
+		as_runner tee -a "$BENCH_DIR/pg/data/postgresql.conf" >/dev/null
+	q "SELECT pg_reload_conf()" >/dev/null
+}
+
+# Messages in JetStream stream $1 (0 when it does not exist).
+stream_count()
+{
+	as_runner "$CONSUME" -i "$NATS_URL" "$1" |
+		perl -MJSON::PP -ne 'print decode_json($_)->{messages}'
+}
+
+# Wait (bounded, $2 seconds) until stream $1 holds at least $3 messages.
+wait_stream_count()
+{
+	local stream=$1 timeout=$2 want=$3 deadline have=0
+	deadline=$((SECONDS + timeout))
+	while ((SECONDS < deadline)); do
+		have=$(stream_count "$stream")
+		((have >= want)) && return 0
+		sleep 0.05
+	done
+	die "stream $stream holds $have messages, expected $want"
+}
+
+# A tracked table: every insert into t queues one event of type $1, an
+# envelope of about 370 bytes like the state hub's lifecycle events.
+make_tracked_table()
+{
+	q "CREATE TABLE t (id bigserial PRIMARY KEY, status text NOT NULL DEFAULT 'new',
+	                   repo text NOT NULL DEFAULT 'the-custodian/state-hub',
+	                   title text NOT NULL DEFAULT 'Migrate the nightly stale-task sweep to activity-core events',
+	                   created_at timestamptz NOT NULL DEFAULT now());
+	   SELECT statehub_events.track_insert('t', '$1')" >/dev/null
+}
+
+# Queue $1 events through the capture trigger, in transactions of $2 rows.
+queue_events()
+{
+	local n=$1 per=$2 k sql=''
+	while ((n > 0)); do
+		k=$((n < per ? n : per))
+		sql+="INSERT INTO t (status) SELECT 'new' FROM generate_series(1, $k);"
+		n=$((n - k))
+	done
+	q "$sql" >/dev/null
+}
+
+# Seconds since the epoch with microseconds.
+now()
+{
+	printf '%s\n' "$EPOCHREALTIME"
+}
+
+# Whether a floating point comparison holds: is_true '1.5 > 1'.
+is_true()
+{
+	perl -e "exit(($1) ? 0 : 1)"
+}
+
+# Floating point arithmetic: calc '1 / 3'.
+calc()
+{
+	perl -e "printf('%.2f', $1)"
+}
