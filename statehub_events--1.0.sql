@@ -244,8 +244,8 @@ SELECT w.pid,
        w.last_error_at,
        w.last_publish_at,
        w.dedup_window,
-       (w.dedup_window IS NOT NULL
-        AND q.oldest_retry_enqueued_at < pg_catalog.now() - w.dedup_window) AS dedup_window_exceeded
+       COALESCE(q.oldest_retry_enqueued_at < pg_catalog.now() - w.dedup_window,
+                false) AS dedup_window_exceeded
   FROM statehub_events.worker_status() w,
        LATERAL (SELECT pg_catalog.count(*) AS queued,
                        pg_catalog.min(o.enqueued_at) AS oldest_enqueued_at,

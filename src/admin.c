@@ -17,7 +17,6 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "catalog/namespace.h"
-#include "catalog/pg_authid.h"
 #include "commands/dbcommands.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
@@ -48,8 +47,9 @@ PG_FUNCTION_INFO_V1(warn_if_no_worker);
 
 /*
  * worker_status() returns the worker's shared state, one row.  The server
- * URL (password already masked by the worker) is shown only to superusers
- * and members of pg_read_all_settings, like the GUC it comes from.
+ * URL (password already masked by the worker) is shown only to superusers,
+ * like the nats_url setting it comes from: its host and user name are
+ * not for pg_monitor.
  */
 Datum
 worker_status(PG_FUNCTION_ARGS)
@@ -84,8 +84,7 @@ worker_status(PG_FUNCTION_ARGS)
 	if (copy.worker_pid == 0)
 		copy.state = STATEHUB_WORKER_NOT_RUNNING;
 
-	show_server = superuser() ||
-		has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_SETTINGS);
+	show_server = superuser();
 
 	if (copy.worker_pid != 0)
 	{

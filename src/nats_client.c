@@ -317,6 +317,9 @@ describe_failure(char *errbuf, size_t errlen, const char *what, natsStatus s)
 {
 	const char *last = nats_GetLastError(NULL);
 
+	/* cnats prefixes its source location, "(conn.c:1905): " */
+	if (last != NULL && last[0] == '(' && strstr(last, "): ") != NULL)
+		last = strstr(last, "): ") + 3;
 	if (last != NULL && last[0] != '\0' && strcmp(last, natsStatus_GetText(s)) != 0)
 		snprintf(errbuf, errlen, "%s: %s (%s)", what, natsStatus_GetText(s), last);
 	else

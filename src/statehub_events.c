@@ -19,6 +19,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
@@ -136,6 +137,40 @@ define_capture_gucs(void)
 							   check_publisher, NULL, NULL);
 }
 
+/*
+ * Secrets (nats_url, which may hold a password, nats_password, nats_token)
+ * show as asterisks to anyone but a superuser: GUC_SUPERUSER_ONLY alone
+ * still lets members of pg_read_all_settings (so pg_monitor) read them.
+ * Outside a transaction superuser() cannot be asked, so they stay hidden.
+ */
+static const char *
+show_hidden(const char *value)
+{
+	if (value == NULL || value[0] == '\0')
+		return "";
+	if (IsTransactionState() && superuser())
+		return value;
+	return "********";
+}
+
+static const char *
+show_nats_url(void)
+{
+	return show_hidden(statehub_nats_url);
+}
+
+static const char *
+show_nats_password(void)
+{
+	return show_hidden(statehub_nats_password);
+}
+
+static const char *
+show_nats_token(void)
+{
+	return show_hidden(statehub_nats_token);
+}
+
 static void
 define_delivery_gucs(void)
 {
@@ -146,7 +181,7 @@ define_delivery_gucs(void)
 							   "",
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
-							   NULL, NULL, NULL);
+							   NULL, NULL, show_nats_url);
 
 	DefineCustomStringVariable("statehub_events.nats_user",
 							   "Sets the user name for NATS authentication.",
@@ -164,7 +199,7 @@ define_delivery_gucs(void)
 							   "",
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
-							   NULL, NULL, NULL);
+							   NULL, NULL, show_nats_password);
 
 	DefineCustomStringVariable("statehub_events.nats_token",
 							   "Sets the token for NATS authentication.",
@@ -173,7 +208,7 @@ define_delivery_gucs(void)
 							   "",
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
-							   NULL, NULL, NULL);
+							   NULL, NULL, show_nats_token);
 
 	DefineCustomStringVariable("statehub_events.nats_creds_file",
 							   "Sets the NATS credentials (.creds) file.",

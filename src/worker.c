@@ -346,6 +346,7 @@ ensure_connected(void)
 	char		error[STATEHUB_ERROR_LEN];
 	int64		dedup_window_us;
 	bool		missing;
+	bool		fresh = false;
 
 	if (statehub_nats_url == NULL || statehub_nats_url[0] == '\0')
 	{
@@ -365,14 +366,20 @@ ensure_connected(void)
 	{
 		if (GetCurrentTimestamp() < next_attempt_at)
 			return ms_until(next_attempt_at);
-		set_state(STATEHUB_WORKER_CONNECTING, NULL);
+		/* retries keep the state "backoff": it is logged once */
+		if (state != STATEHUB_WORKER_BACKOFF)
+			set_state(STATEHUB_WORKER_CONNECTING, NULL);
 		if (statehub_nats_connect(error, sizeof(error)) != STATEHUB_NATS_OK)
 			return back_off(error);
 		stream_checked = false;
+		fresh = true;
 	}
 
 	if (statehub_nats_take_reconnected())
+	{
 		stream_checked = false;
+		fresh = true;
+	}
 
 	if (!stream_checked)
 	{
@@ -400,8 +407,12 @@ ensure_connected(void)
 	if (GetCurrentTimestamp() < next_attempt_at)
 		return ms_until(next_attempt_at);
 
-	/* after a failed batch the state stays "backoff" until one succeeds */
-	if (state != STATEHUB_WORKER_CONNECTED && state != STATEHUB_WORKER_BACKOFF)
+	/*
+	 * After a failed batch on a live connection the state stays "backoff"
+	 * until a batch succeeds; a new connection is "connected" at once.
+	 */
+	if (state != STATEHUB_WORKER_CONNECTED &&
+		(state != STATEHUB_WORKER_BACKOFF || fresh))
 		set_state(STATEHUB_WORKER_CONNECTED, NULL);
 	return 0;
 }
