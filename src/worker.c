@@ -295,7 +295,8 @@ reload_settings(void)
 		stream_checked = false;
 		backoff_ms = 0;
 		next_attempt_at = 0;
-		if (state != STATEHUB_WORKER_NOT_RUNNING)
+		if (state != STATEHUB_WORKER_NOT_RUNNING &&
+			statehub_nats_url != NULL && statehub_nats_url[0] != '\0')
 			ereport(LOG,
 					(errmsg("statehub_events worker reconnects to NATS because its connection settings changed")));
 	}
