@@ -179,6 +179,12 @@ statehub_outbox_append(const unsigned char *event_id, const char *subject,
 	uuid = palloc(sizeof(pg_uuid_t));
 	memcpy(uuid->data, event_id, UUID_LEN);
 
+	/*
+	 * Take an xid before the drain key: the worker's scan cursor relies on
+	 * every transaction that holds a key having an xid (see worker.c).  A
+	 * capturing transaction has one already; emit() may not.
+	 */
+	(void) GetCurrentTransactionId();
 	values[OUTBOX_ID] = Int64GetDatum(nextval_internal(outbox_seqid, false));
 	nulls[OUTBOX_ID] = false;
 	values[OUTBOX_EVENT_ID] = UUIDPGetDatum(uuid);
