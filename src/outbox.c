@@ -4,23 +4,30 @@
  *		Appending events to statehub_events.outbox.
  *
  * Capture runs as the application role, which has (and needs) no rights on
- * the outbox: the row is inserted directly through the executor's simple
- * relation insert, the way logical replication applies rows, which checks
- * no ACL and plans nothing.  The drain key comes from nextval on the
- * outbox's own sequence, also without an ACL check.
+ * the outbox: the row goes straight into the heap and the primary key
+ * index, which checks no ACL, plans nothing and builds no executor state
+ * per event.  (Should a DBA add an index with expressions or a predicate,
+ * inserts take the executor's simple relation insert instead, the way
+ * logical replication applies rows.)  The drain key comes from nextval on
+ * the outbox's own sequence, also without an ACL check.
  *
  * The relation and sequence OIDs are looked up once and forgotten on any
  * relcache invalidation of either (DROP EXTENSION, ALTER TABLE, ...).
- * The outbox's layout is checked when it is looked up, so a hand-altered
- * table fails loudly instead of receiving misplaced columns.
+ * The outbox's layout is checked once per lookup, so a hand-altered table
+ * fails loudly instead of receiving misplaced columns.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/index.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
 #include "executor/executor.h"
@@ -67,6 +74,10 @@ static Oid	outbox_relid = InvalidOid;
 static Oid	outbox_seqid = InvalidOid;
 static bool callback_registered = false;
 
+/* checked once per lookup: the layout, and whether the direct path applies */
+static bool outbox_checked = false;
+static bool outbox_plain = false;
+
 static void
 outbox_relcache_callback(Datum arg, Oid relid)
 {
@@ -74,6 +85,7 @@ outbox_relcache_callback(Datum arg, Oid relid)
 	{
 		outbox_relid = InvalidOid;
 		outbox_seqid = InvalidOid;
+		outbox_checked = false;
 	}
 }
 
@@ -142,6 +154,101 @@ lookup_outbox(void)
 }
 
 /*
+ * Whether every index of the outbox is a plain, immediate index on columns
+ * (no expressions, no predicate, no exclusion constraint): then the row is
+ * inserted directly into the heap and each index, which is all the
+ * executor would do for such a table, without building executor state for
+ * every event.  The extension creates only such an index; a DBA's other
+ * kind of index sends inserts through the executor's general path.
+ */
+static bool
+outbox_indexes_plain(Relation rel)
+{
+	List	   *indexes = RelationGetIndexList(rel);
+	ListCell   *lc;
+	bool		plain = true;
+
+	foreach(lc, indexes)
+	{
+		Relation	idx = index_open(lfirst_oid(lc), AccessShareLock);
+		Form_pg_index form = idx->rd_index;
+
+		if (!form->indimmediate || form->indisexclusion ||
+			!heap_attisnull(idx->rd_indextuple, Anum_pg_index_indexprs, NULL) ||
+			!heap_attisnull(idx->rd_indextuple, Anum_pg_index_indpred, NULL))
+			plain = false;
+		index_close(idx, AccessShareLock);
+	}
+	list_free(indexes);
+	return plain;
+}
+
+/* Insert the row into the heap and each (plain) index of the outbox. */
+static void
+insert_direct(Relation rel, Datum *values, bool *nulls)
+{
+	HeapTuple	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+	List	   *indexes = RelationGetIndexList(rel);
+	ListCell   *lc;
+
+	heap_insert(rel, tuple, GetCurrentCommandId(true), 0, NULL);
+
+	foreach(lc, indexes)
+	{
+		Relation	idx = index_open(lfirst_oid(lc), RowExclusiveLock);
+		IndexInfo  *info;
+		Datum		ivalues[INDEX_MAX_KEYS];
+		bool		inulls[INDEX_MAX_KEYS];
+		int			i;
+
+		/* an index still being built concurrently takes no inserts yet */
+		if (!idx->rd_index->indisready)
+		{
+			index_close(idx, NoLock);
+			continue;
+		}
+		info = BuildIndexInfo(idx);
+		for (i = 0; i < info->ii_NumIndexAttrs; i++)
+		{
+			AttrNumber	attno = info->ii_IndexAttrNumbers[i];
+
+			ivalues[i] = values[attno - 1];
+			inulls[i] = nulls[attno - 1];
+		}
+		index_insert(idx, ivalues, inulls, &tuple->t_self, rel,
+					 idx->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
+					 false, info);
+		index_close(idx, NoLock);
+	}
+	list_free(indexes);
+}
+
+/* Insert the row through the executor, for an outbox with other indexes. */
+static void
+insert_general(Relation rel, Datum *values, bool *nulls)
+{
+	EState	   *estate = CreateExecutorState();
+	ResultRelInfo *rri = makeNode(ResultRelInfo);
+	TupleTableSlot *slot;
+
+	InitResultRelInfo(rri, rel, 1, NULL, 0);
+	/* nothing but the outbox's indexes; never a DBA's trigger */
+	rri->ri_TrigDesc = NULL;
+	ExecOpenIndices(rri, false);
+	slot = ExecInitExtraTupleSlot(estate, RelationGetDescr(rel), &TTSOpsVirtual);
+	ExecClearTuple(slot);
+	memcpy(slot->tts_values, values, sizeof(Datum) * OUTBOX_NATTS);
+	memcpy(slot->tts_isnull, nulls, sizeof(bool) * OUTBOX_NATTS);
+	ExecStoreVirtualTuple(slot);
+
+	ExecSimpleRelationInsert(rri, estate, slot);
+
+	ExecCloseIndices(rri);
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	FreeExecutorState(estate);
+}
+
+/*
  * Append one event to the outbox in the current transaction (and current
  * subtransaction: a rolled-back savepoint takes the event with it).
  */
@@ -151,30 +258,19 @@ statehub_outbox_append(const unsigned char *event_id, const char *subject,
 					   TimestampTz occurred_at)
 {
 	Relation	rel;
-	EState	   *estate;
-	ResultRelInfo *rri;
-	TupleTableSlot *slot;
-	Datum	   *values;
-	bool	   *nulls;
+	Datum		values[OUTBOX_NATTS];
+	bool		nulls[OUTBOX_NATTS];
 	pg_uuid_t  *uuid;
 
 	lookup_outbox();
 
 	rel = table_open(outbox_relid, RowExclusiveLock);
-	check_outbox_layout(rel);
-
-	estate = CreateExecutorState();
-	rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(rri, rel, 1, NULL, 0);
-	/* nothing but the outbox's own indexes; never a DBA's trigger */
-	rri->ri_TrigDesc = NULL;
-	ExecOpenIndices(rri, false);
-
-	slot = ExecInitExtraTupleSlot(estate, RelationGetDescr(rel),
-								  &TTSOpsVirtual);
-	ExecClearTuple(slot);
-	values = slot->tts_values;
-	nulls = slot->tts_isnull;
+	if (!outbox_checked)
+	{
+		check_outbox_layout(rel);
+		outbox_plain = outbox_indexes_plain(rel);
+		outbox_checked = true;
+	}
 
 	uuid = palloc(sizeof(pg_uuid_t));
 	memcpy(uuid->data, event_id, UUID_LEN);
@@ -186,26 +282,22 @@ statehub_outbox_append(const unsigned char *event_id, const char *subject,
 	 */
 	(void) GetCurrentTransactionId();
 	values[OUTBOX_ID] = Int64GetDatum(nextval_internal(outbox_seqid, false));
-	nulls[OUTBOX_ID] = false;
 	values[OUTBOX_EVENT_ID] = UUIDPGetDatum(uuid);
-	nulls[OUTBOX_EVENT_ID] = false;
 	values[OUTBOX_SUBJECT] = CStringGetTextDatum(subject);
-	nulls[OUTBOX_SUBJECT] = false;
 	values[OUTBOX_PAYLOAD] = PointerGetDatum(cstring_to_text_with_len(payload,
 																	  payload_len));
-	nulls[OUTBOX_PAYLOAD] = false;
 	values[OUTBOX_ENQUEUED_AT] = TimestampTzGetDatum(occurred_at);
-	nulls[OUTBOX_ENQUEUED_AT] = false;
 	values[OUTBOX_ATTEMPTS] = Int32GetDatum(0);
-	nulls[OUTBOX_ATTEMPTS] = false;
+	values[OUTBOX_NEXT_ATTEMPT_AT] = (Datum) 0;
+	values[OUTBOX_LAST_ERROR] = (Datum) 0;
+	memset(nulls, false, sizeof(nulls));
 	nulls[OUTBOX_NEXT_ATTEMPT_AT] = true;
 	nulls[OUTBOX_LAST_ERROR] = true;
-	ExecStoreVirtualTuple(slot);
 
-	ExecSimpleRelationInsert(rri, estate, slot);
+	if (outbox_plain)
+		insert_direct(rel, values, nulls);
+	else
+		insert_general(rel, values, nulls);
 
-	ExecCloseIndices(rri);
-	ExecResetTupleTable(estate->es_tupleTable, false);
-	FreeExecutorState(estate);
 	table_close(rel, NoLock);
 }
