@@ -97,9 +97,12 @@ init_capture_cache(void)
 	CacheRegisterRelcacheCallback(capture_relcache_callback, (Datum) 0);
 }
 
-/* The live column of the table with this name, or NULL. */
-static Form_pg_attribute
-find_column(TupleDesc desc, const char *name)
+/*
+ * The live (not dropped) column of a table with this name, or NULL; shared
+ * with mapping.c, which resolves the same names when a mapping is declared.
+ */
+Form_pg_attribute
+statehub_find_column(TupleDesc desc, const char *name)
 {
 	int			i;
 
@@ -160,7 +163,7 @@ build_entry(CaptureEntry *entry, Trigger *trigger, Relation rel)
 	{
 		for (i = 2; i < trigger->tgnargs; i++)
 		{
-			Form_pg_attribute att = find_column(desc, trigger->tgargs[i]);
+			Form_pg_attribute att = statehub_find_column(desc, trigger->tgargs[i]);
 
 			if (att == NULL)
 			{

@@ -131,23 +131,6 @@ statehub_check_event_type(const char *event_type)
 		invalid_event_type(event_type, "The event type has only one token.");
 }
 
-/* The live column of the relation with this name, or NULL. */
-static Form_pg_attribute
-lookup_column(Relation rel, const char *name)
-{
-	TupleDesc	desc = RelationGetDescr(rel);
-	int			i;
-
-	for (i = 0; i < desc->natts; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-
-		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
-			return att;
-	}
-	return NULL;
-}
-
 static void
 undefined_column(Relation rel, const char *name, const char *hint)
 {
@@ -192,7 +175,7 @@ check_attributes(Relation rel, ArrayType *attributes, bool is_transition)
 						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 						 errmsg("attributes must not contain null")));
 			name = TextDatumGetCString(elems[i]);
-			if (lookup_column(rel, name) == NULL)
+			if (statehub_find_column(RelationGetDescr(rel), name) == NULL)
 				undefined_column(rel, name,
 								 "The attributes are columns of the tracked table; pass NULL for all of them.");
 			foreach(lc, names)
@@ -554,7 +537,7 @@ track(TrackSpec *spec)
 
 	if (is_update)
 	{
-		Form_pg_attribute att = lookup_column(rel, spec->column_name);
+		Form_pg_attribute att = statehub_find_column(RelationGetDescr(rel), spec->column_name);
 		char	   *opr;
 		char	   *type;
 		char	   *col;

@@ -19,6 +19,7 @@
 
 #include "postgres.h"
 
+#include "access/tupdesc.h"
 #include "datatype/timestamp.h"
 
 /* The schema the extension lives in; fixed, the extension is not relocatable. */
@@ -71,6 +72,9 @@ extern void statehub_outbox_append(const unsigned char *event_id,
 
 /* capture.c: arm the commit-time wake-up of the worker */
 extern void statehub_capture_arm_wakeup(void);
+
+/* capture.c: a table's live column by name, or NULL */
+extern Form_pg_attribute statehub_find_column(TupleDesc desc, const char *name);
 
 /* worker.c */
 extern void statehub_register_worker(void);
