@@ -25,12 +25,18 @@
  *	  blocked mask and the kernel delivers SIGTERM, SIGHUP and the latch
  *	  signal to the main thread only.
  *
- * Batches.  Every event of a batch is published with js_PublishMsgAsync and
- * a Nats-Msg-Id header (the event id), then js_PublishAsyncComplete waits
- * for all acks up to publish_timeout.  What is still unacknowledged then is
- * taken back with js_PublishAsyncGetPendingList, and a short second
- * js_PublishAsyncComplete waits for ack handlers that were already running,
- * so no callback of this batch can run once the batch returns.  A late ack
+ * Batches.  statehub_nats_publish_async publishes every event of a batch
+ * with js_PublishMsgAsync and a Nats-Msg-Id header (the event id) and
+ * returns; a batch that is all there is gets a flush round trip, as cnats'
+ * flusher would otherwise wait a moment for more.  The worker does its
+ * database work meanwhile, then statehub_nats_publish_wait waits for the
+ * acks with js_PublishAsyncComplete, up to what is left of publish_timeout.
+ * What is still unacknowledged then is taken back with
+ * js_PublishAsyncGetPendingList, and a short second js_PublishAsyncComplete
+ * waits for ack handlers that were already running, so no callback of the
+ * batch can run once it is finished.  One batch at a time is in flight (the
+ * worker's ordering argument needs that, and js_PublishAsyncComplete waits
+ * for all), so the ack handler's lookup table holds one batch.  A late ack
  * of an earlier batch for the same event id (a re-publish) would still be
  * true: the stream holds that event.
  *
@@ -82,6 +88,8 @@ static StatehubPubEvent *batch_events = NULL;
 static int	batch_nevents = 0;
 static int *batch_slots = NULL;
 static uint32 batch_nslots = 0;		/* a power of two */
+
+static void batch_end(void);
 
 /*
  * Block every signal in this thread for the duration of a cnats call that
@@ -646,6 +654,8 @@ statehub_nats_close(void)
 		RESTORE_SIGNALS(saved);
 		conn = NULL;
 	}
+	/* no handler runs any more; a batch in flight is left unanswered */
+	batch_end();
 }
 
 /* Largest body the server accepts with our header, or 0 if not connected. */
@@ -736,21 +746,60 @@ describe_rejection(StatehubPubEvent *ev)
 }
 
 /*
- * Publish a batch and wait for its acks.  Each event's outcome says what
- * became of it.  STATEHUB_NATS_FAILED means a connection-level failure (not
- * connected, publish refused, acks timed out): the events still pending
- * were not rejected, they just have no answer.
+ * Take back what is still unanswered, then wait for ack handlers that are
+ * already running, so none of them touches the batch once it is finished.
+ * Caller has blocked signals.
+ */
+static void
+abandon_pending(void)
+{
+	jsPubOptions po;
+	natsMsgList pending;
+
+	if (js_PublishAsyncGetPendingList(&pending, js) == NATS_OK)
+		natsMsgList_Destroy(&pending);
+	jsPubOptions_Init(&po);
+	po.MaxWait = QUIESCE_TIMEOUT_MS;
+	(void) js_PublishAsyncComplete(js, &po);
+}
+
+/* Forget the batch (no handler sees it any more); word its rejections. */
+static void
+finish_batch(StatehubPubEvent *events, int nevents)
+{
+	int			i;
+
+	batch_end();
+	for (i = 0; i < nevents; i++)
+	{
+		if (events[i].outcome == STATEHUB_PUB_REJECTED && events[i].err_code >= 0)
+			describe_rejection(&events[i]);
+	}
+}
+
+/*
+ * Publish a batch without waiting for its acks; statehub_nats_publish_wait
+ * collects them.  Only one batch is in flight at a time: the previous one
+ * must have been waited for.  The events array (not the payloads, which
+ * cnats copies) must stay valid until then.
+ *
+ * With flush, the messages are written at once and this waits for a PING
+ * round trip (at most timeout_ms); without, cnats' flusher writes them a
+ * moment later, while the worker goes on.  STATEHUB_NATS_FAILED means a connection-level failure
+ * before every event went out; the batch is then already finished, as by
+ * statehub_nats_publish_wait, and each event's outcome is final.
  */
 StatehubNatsResult
-statehub_nats_publish_batch(StatehubPubEvent *events, int nevents,
-							int timeout_ms, char *errbuf, size_t errlen)
+statehub_nats_publish_async(StatehubPubEvent *events, int nevents,
+							bool flush, int timeout_ms,
+							char *errbuf, size_t errlen)
 {
 	StatehubNatsResult result = STATEHUB_NATS_OK;
-	jsPubOptions po;
 	natsStatus	s = NATS_OK;
 	sigset_t	saved;
 	int			i;
 
+	Assert(batch_events == NULL);
 	if (js == NULL || !statehub_nats_connected())
 	{
 		snprintf(errbuf, errlen, "not connected to NATS");
@@ -794,47 +843,70 @@ statehub_nats_publish_batch(StatehubPubEvent *events, int nevents,
 		}
 	}
 
-	/* the flusher waits a moment for more; don't keep the first event waiting */
-	if (result == STATEHUB_NATS_OK)
+	/*
+	 * cnats' flusher waits a moment for more before it writes; a batch that
+	 * is all there is should not.  A PING makes cnats write at once; its
+	 * PONG, one round trip later, comes behind the messages.
+	 */
+	if (result == STATEHUB_NATS_OK && flush)
 	{
-		s = natsConnection_FlushTimeout(conn, timeout_ms);
+		s = natsConnection_FlushTimeout(conn, Max(timeout_ms, 1));
 		if (s != NATS_OK)
 		{
 			describe_failure(errbuf, errlen, "could not flush to NATS", s);
 			result = STATEHUB_NATS_FAILED;
 		}
 	}
+	if (result != STATEHUB_NATS_OK)
+		abandon_pending();
+	RESTORE_SIGNALS(saved);
 
+	if (result != STATEHUB_NATS_OK)
+		finish_batch(events, nevents);
+	return result;
+}
+
+/*
+ * Wait up to timeout_ms (at least 1) for the acks of the batch that
+ * statehub_nats_publish_async sent, then finish it: once this returns no
+ * cnats callback touches the events, and each outcome says what became of
+ * its event.  STATEHUB_NATS_FAILED means a connection-level failure (acks
+ * timed out, connection lost or closed meanwhile): the events still
+ * pending were not rejected, they just have no answer.
+ */
+StatehubNatsResult
+statehub_nats_publish_wait(StatehubPubEvent *events, int nevents,
+						   int timeout_ms, char *errbuf, size_t errlen)
+{
+	StatehubNatsResult result = STATEHUB_NATS_OK;
+	jsPubOptions po;
+	natsStatus	s;
+	sigset_t	saved;
+
+	if (batch_events != events || js == NULL)
+	{
+		/* statehub_nats_close finished it: whatever was not acked is lost */
+		snprintf(errbuf, errlen, "the connection to NATS was closed");
+		finish_batch(events, nevents);
+		return STATEHUB_NATS_FAILED;
+	}
+
+	BLOCK_SIGNALS(saved);
 	jsPubOptions_Init(&po);
-	po.MaxWait = result == STATEHUB_NATS_OK ? timeout_ms : 1;
+	po.MaxWait = Max(timeout_ms, 1);
 	s = js_PublishAsyncComplete(js, &po);
 	if (s != NATS_OK)
 	{
-		natsMsgList pending;
-
-		if (result == STATEHUB_NATS_OK)
-		{
-			if (s == NATS_TIMEOUT)
-				snprintf(errbuf, errlen,
-						 "timed out waiting for JetStream to acknowledge the events");
-			else
-				describe_failure(errbuf, errlen,
-								 "could not wait for JetStream acknowledgements", s);
-			result = STATEHUB_NATS_FAILED;
-		}
-		/* take back what is unanswered, then let running handlers finish */
-		if (js_PublishAsyncGetPendingList(&pending, js) == NATS_OK)
-			natsMsgList_Destroy(&pending);
-		po.MaxWait = QUIESCE_TIMEOUT_MS;
-		(void) js_PublishAsyncComplete(js, &po);
+		if (s == NATS_TIMEOUT)
+			snprintf(errbuf, errlen,
+					 "timed out waiting for JetStream to acknowledge the events");
+		else
+			describe_failure(errbuf, errlen,
+							 "could not wait for JetStream acknowledgements", s);
+		result = STATEHUB_NATS_FAILED;
+		abandon_pending();
 	}
 	RESTORE_SIGNALS(saved);
-	batch_end();
-
-	for (i = 0; i < nevents; i++)
-	{
-		if (events[i].outcome == STATEHUB_PUB_REJECTED && events[i].err_code >= 0)
-			describe_rejection(&events[i]);
-	}
+	finish_batch(events, nevents);
 	return result;
 }

@@ -33,7 +33,8 @@ typedef enum StatehubPubOutcome
 /*
  * One event of a batch.  The worker fills the first fields; outcome and
  * error are written by cnats threads while the batch is in flight and are
- * read by the worker only after statehub_nats_publish_batch returned.
+ * read by the worker only after statehub_nats_publish_wait returned (or
+ * statehub_nats_publish_async failed).
  */
 typedef struct StatehubPubEvent
 {
@@ -67,10 +68,16 @@ extern StatehubNatsResult statehub_nats_check_stream(char *errbuf, size_t errlen
 extern void statehub_nats_close(void);
 extern int64 statehub_nats_max_body(void);
 extern void statehub_nats_server(char *buf, size_t buflen);
-extern StatehubNatsResult statehub_nats_publish_batch(StatehubPubEvent *events,
+extern StatehubNatsResult statehub_nats_publish_async(StatehubPubEvent *events,
 													  int nevents,
+													  bool flush,
 													  int timeout_ms,
 													  char *errbuf,
 													  size_t errlen);
+extern StatehubNatsResult statehub_nats_publish_wait(StatehubPubEvent *events,
+													 int nevents,
+													 int timeout_ms,
+													 char *errbuf,
+													 size_t errlen);
 
 #endif							/* STATEHUB_NATS_CLIENT_H */
