@@ -75,8 +75,6 @@
 static natsConnection *conn = NULL;
 static jsCtx *js = NULL;
 
-/* Set by the reconnected callback, taken by the worker. */
-static volatile sig_atomic_t reconnected = false;
 
 /*
  * The batch in flight.  batch_slots is an open-addressing table of
@@ -214,13 +212,6 @@ ack_handler(jsCtx *ctx, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,
 static void
 disconnected_cb(natsConnection *nc, void *closure)
 {
-	SetLatch(MyLatch);
-}
-
-static void
-reconnected_cb(natsConnection *nc, void *closure)
-{
-	reconnected = true;
 	SetLatch(MyLatch);
 }
 
@@ -439,15 +430,18 @@ build_options(natsOptions **optsp, const char **what)
 		s = natsOptions_SetName(opts, "statehub_events worker");
 	if (s == NATS_OK)
 		s = natsOptions_SetTimeout(opts, 2000);
-	/* once connected, cnats reconnects by itself, forever */
+	/*
+	 * No reconnection by cnats: it would resend what it had buffered when
+	 * the connection broke on the new connection, after events that were
+	 * lost with the old one and that the worker publishes again later,
+	 * breaking the per-row order.  A broken connection is closed instead
+	 * and the worker connects anew, then publishes from the first event
+	 * without an answer, in id order.
+	 */
 	if (s == NATS_OK)
-		s = natsOptions_SetMaxReconnect(opts, -1);
-	if (s == NATS_OK)
-		s = natsOptions_SetReconnectWait(opts, 500);
+		s = natsOptions_SetAllowReconnect(opts, false);
 	if (s == NATS_OK)
 		s = natsOptions_SetDisconnectedCB(opts, disconnected_cb, NULL);
-	if (s == NATS_OK)
-		s = natsOptions_SetReconnectedCB(opts, reconnected_cb, NULL);
 	if (s == NATS_OK)
 		s = natsOptions_SetClosedCB(opts, disconnected_cb, NULL);
 	if (s == NATS_OK && (nonempty(statehub_nats_user) || nonempty(statehub_nats_password)))
@@ -493,7 +487,6 @@ statehub_nats_connect(char *errbuf, size_t errlen)
 	sigset_t	saved;
 
 	statehub_nats_close();
-	reconnected = false;
 
 	BLOCK_SIGNALS(saved);
 	s = build_options(&opts, &what);
@@ -530,8 +523,9 @@ statehub_nats_connected(void)
 }
 
 /*
- * True while cnats is re-establishing a lost connection.  A connection
- * cnats gave up on is closed here, so the worker connects anew.
+ * True while a lost connection is still going down (cnats does not
+ * reconnect, see build_options).  Once cnats has closed it, it is
+ * destroyed here and the worker connects anew.
  */
 bool
 statehub_nats_reconnecting(void)
@@ -547,16 +541,6 @@ statehub_nats_reconnecting(void)
 		return false;
 	}
 	return st != NATS_CONN_STATUS_CONNECTED;
-}
-
-/* True once after cnats re-established a lost connection. */
-bool
-statehub_nats_take_reconnected(void)
-{
-	bool		r = reconnected;
-
-	reconnected = false;
-	return r;
 }
 
 /*

@@ -61,7 +61,6 @@ extern uint32 statehub_nats_settings_hash(void);
 extern StatehubNatsResult statehub_nats_connect(char *errbuf, size_t errlen);
 extern bool statehub_nats_connected(void);
 extern bool statehub_nats_reconnecting(void);
-extern bool statehub_nats_take_reconnected(void);
 extern StatehubNatsResult statehub_nats_check_stream(char *errbuf, size_t errlen,
 													 int64 *dedup_window_us,
 													 bool *missing);

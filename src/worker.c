@@ -35,10 +35,10 @@
  * connection-level failure nothing new is published until a scan from the
  * cursor, which is at or below the first unanswered event, publishes
  * again from there.  Deleting is only ever of acked events, whose place in
- * the stream is fixed; an unanswered one stays queued, in order.  (What
- * cnats buffers while it reconnects escapes this: events of the batch that
- * was going out when the connection broke may reach the stream after one
- * that was lost.)
+ * the stream is fixed; an unanswered one stays queued, in order.  For the
+ * same reason cnats may not reconnect by itself (it would resend what it
+ * had buffered after events lost with the old connection): a broken
+ * connection is closed and replaced by a new one (nats_client.c).
  *
  * The batch in flight spans two transactions, and no lock is held between
  * them.  So each transaction checks that the outbox is still the table
@@ -126,6 +126,12 @@
 
 /* First connection retry; doubles up to retry_backoff_max. */
 #define MIN_CONNECT_BACKOFF_MS 100
+
+/*
+ * Longest wait between connection attempts (or retry_backoff_max when that
+ * is shorter): an outage should end in seconds once NATS is back.
+ */
+#define MAX_CONNECT_BACKOFF_MS 2000
 
 /* What became of a batch. */
 typedef enum BatchResult
@@ -388,7 +394,8 @@ back_off(const char *error)
 	if (backoff_ms == 0)
 		backoff_ms = MIN_CONNECT_BACKOFF_MS;
 	else
-		backoff_ms = Min((int64) backoff_ms * 2, (int64) statehub_retry_backoff_max);
+		backoff_ms = Min((int64) backoff_ms * 2,
+						 Min((int64) statehub_retry_backoff_max, MAX_CONNECT_BACKOFF_MS));
 	next_attempt_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), backoff_ms);
 	set_state(STATEHUB_WORKER_BACKOFF, error);
 	return backoff_ms;
@@ -426,7 +433,7 @@ ensure_connected(void)
 
 	if (statehub_nats_reconnecting())
 	{
-		/* cnats is at it; its reconnected callback sets our latch */
+		/* the connection is going down; its closed callback sets our latch */
 		set_state(STATEHUB_WORKER_BACKOFF, "connection to NATS lost, reconnecting");
 		return statehub_poll_interval;
 	}
@@ -440,12 +447,6 @@ ensure_connected(void)
 			set_state(STATEHUB_WORKER_CONNECTING, NULL);
 		if (statehub_nats_connect(error, sizeof(error)) != STATEHUB_NATS_OK)
 			return back_off(error);
-		stream_checked = false;
-		fresh = true;
-	}
-
-	if (statehub_nats_take_reconnected())
-	{
 		stream_checked = false;
 		fresh = true;
 	}
