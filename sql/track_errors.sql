@@ -95,6 +95,10 @@ CREATE TRIGGER wrong AFTER INSERT ON err_t FOR EACH ROW
     EXECUTE FUNCTION statehub_events.capture();
 INSERT INTO err_t VALUES (3);
 DROP TRIGGER wrong ON err_t;
+CREATE TRIGGER wrong AFTER INSERT ON err_t FOR EACH ROW
+    EXECUTE FUNCTION statehub_events.capture('org.statehub."quoted"', 'all');
+INSERT INTO err_t VALUES (4);
+DROP TRIGGER wrong ON err_t;
 SELECT statehub_events.capture();
 SELECT pg_catalog.count(*) AS events FROM statehub_events.outbox;
 

@@ -133,6 +133,9 @@ build_entry(CaptureEntry *entry, Trigger *trigger, Relation rel)
 						trigger->tgname, RelationGetRelationName(rel)),
 				 errhint("Create capture triggers with statehub_events.track_insert, track_transition or track_delete.")));
 
+	/* the type goes into the JSON unescaped: only a valid one may */
+	statehub_check_event_type(trigger->tgargs[0]);
+
 	if (entry->mcxt != NULL)
 		MemoryContextDelete(entry->mcxt);
 	entry->mcxt = AllocSetContextCreate(CacheMemoryContext,
