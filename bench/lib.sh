@@ -42,7 +42,7 @@ bench_cleanup()
 # "enabled".  Extra postgresql.conf lines come on stdin.
 bench_start()
 {
-	local worker=${1:-disabled} url='' conf i
+	local worker=${1:-disabled} url='' conf
 	conf=$(cat)
 
 	[[ -x $CONSUME && -x $PUBLISH_RAW ]] ||
@@ -61,14 +61,7 @@ bench_start()
 	[[ $PG_PORT != "$NATS_PORT" ]] || PG_PORT=$(free_port)
 	NATS_URL=nats://127.0.0.1:$NATS_PORT
 
-	as_runner setsid nats-server -js -a 127.0.0.1 -p "$NATS_PORT" \
-		-sd "$BENCH_DIR/nats" -P "$BENCH_DIR/nats.pid" -l "$BENCH_DIR/nats.log" \
-		</dev/null >/dev/null 2>&1 &
-	for ((i = 0; i < 100; i++)); do
-		[[ -s $BENCH_DIR/nats.pid ]] && break
-		sleep 0.1
-	done
-	wait_for_port "$NATS_PORT" nats-server
+	nats_start "$BENCH_DIR/nats" "$NATS_PORT" "$BENCH_DIR/nats.pid" "$BENCH_DIR/nats.log"
 
 	[[ $worker == enabled ]] && url=$NATS_URL
 	pg_init_cluster "$BENCH_DIR/pg" <<-EOT

@@ -121,6 +121,24 @@ wait_for_port()
 	die "$what did not accept connections on 127.0.0.1:$port within 30 s"
 }
 
+# Start nats-server with JetStream on 127.0.0.1:$2 as the runner user, in a
+# session of its own, its store in $1, its pid in $3 and its log in $4; wait
+# (bounded) until it wrote its pid and accepts connections.
+nats_start()
+{
+	local store=$1 port=$2 pidfile=$3 log=$4 i
+	rm -f "$pidfile"
+	as_runner setsid nats-server -js -a 127.0.0.1 -p "$port" -sd "$store" \
+		-P "$pidfile" -l "$log" </dev/null >/dev/null 2>&1 &
+	for ((i = 0; i < 100; i++)); do
+		[[ -s $pidfile ]] && break
+		sleep 0.1
+	done
+	[[ -s $pidfile ]] ||
+		{ tail -n 20 "$log" >&2 2>/dev/null; die "nats-server did not start (log: $log)"; }
+	wait_for_port "$port" nats-server
+}
+
 # Whether "make install" can write PostgreSQL's library and extension dirs.
 pg_install_dirs_writable()
 {
