@@ -13,8 +13,9 @@
  *
  * The relation and sequence OIDs are looked up once and forgotten on any
  * relcache invalidation of either (DROP EXTENSION, ALTER TABLE, ...).
- * The outbox's layout is checked once per lookup, so a hand-altered table
- * fails loudly instead of receiving misplaced columns.
+ * The outbox's layout is checked once per lookup (again after any
+ * invalidation of it), so a hand-altered table fails loudly instead of
+ * receiving misplaced columns.
  *
  *-------------------------------------------------------------------------
  */
@@ -74,8 +75,11 @@ static Oid	outbox_relid = InvalidOid;
 static Oid	outbox_seqid = InvalidOid;
 static bool callback_registered = false;
 
-/* checked once per lookup: the layout, and whether the direct path applies */
-static bool outbox_checked = false;
+/*
+ * The outbox whose layout was checked, and whether the direct insert path
+ * applies to it; forgotten with the OIDs on an invalidation.
+ */
+static Oid	checked_relid = InvalidOid;
 static bool outbox_plain = false;
 
 static void
@@ -85,7 +89,7 @@ outbox_relcache_callback(Datum arg, Oid relid)
 	{
 		outbox_relid = InvalidOid;
 		outbox_seqid = InvalidOid;
-		outbox_checked = false;
+		checked_relid = InvalidOid;
 	}
 }
 
@@ -257,19 +261,26 @@ statehub_outbox_append(const unsigned char *event_id, const char *subject,
 					   const char *payload, int payload_len,
 					   TimestampTz occurred_at)
 {
+	Oid			relid;
+	Oid			seqid;
 	Relation	rel;
 	Datum		values[OUTBOX_NATTS];
 	bool		nulls[OUTBOX_NATTS];
 	pg_uuid_t  *uuid;
 
+	/*
+	 * Keep the OIDs in locals: opening the table processes invalidations,
+	 * which may reset the cached ones (and then the checks run again).
+	 */
 	lookup_outbox();
-
-	rel = table_open(outbox_relid, RowExclusiveLock);
-	if (!outbox_checked)
+	relid = outbox_relid;
+	seqid = outbox_seqid;
+	rel = table_open(relid, RowExclusiveLock);
+	if (checked_relid != relid)
 	{
 		check_outbox_layout(rel);
 		outbox_plain = outbox_indexes_plain(rel);
-		outbox_checked = true;
+		checked_relid = relid;
 	}
 
 	uuid = palloc(sizeof(pg_uuid_t));
@@ -281,7 +292,7 @@ statehub_outbox_append(const unsigned char *event_id, const char *subject,
 	 * capturing transaction has one already; emit() may not.
 	 */
 	(void) GetCurrentTransactionId();
-	values[OUTBOX_ID] = Int64GetDatum(nextval_internal(outbox_seqid, false));
+	values[OUTBOX_ID] = Int64GetDatum(nextval_internal(seqid, false));
 	values[OUTBOX_EVENT_ID] = UUIDPGetDatum(uuid);
 	values[OUTBOX_SUBJECT] = CStringGetTextDatum(subject);
 	values[OUTBOX_PAYLOAD] = PointerGetDatum(cstring_to_text_with_len(payload,
