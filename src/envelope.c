@@ -191,6 +191,26 @@ statehub_new_event_id(unsigned char *id)
 }
 
 /*
+ * The canonical text form of a UUID (36 characters and a NUL into out),
+ * for the envelope's id and the worker's Nats-Msg-Id header alike.
+ */
+void
+statehub_format_uuid(const unsigned char *id, char *out)
+{
+	static const char hex[] = "0123456789abcdef";
+	int			i;
+
+	for (i = 0; i < STATEHUB_UUID_LEN; i++)
+	{
+		if (i == 4 || i == 6 || i == 8 || i == 10)
+			*out++ = '-';
+		*out++ = hex[id[i] >> 4];
+		*out++ = hex[id[i] & 0x0f];
+	}
+	*out = '\0';
+}
+
+/*
  * Open an envelope, up to and including the "{" of its attributes.  The
  * publisher needs no escaping: its GUC check hook admits no quotes,
  * backslashes or control characters.
@@ -199,21 +219,11 @@ void
 statehub_envelope_begin(StringInfo buf, const unsigned char *id,
 						const char *event_type, TimestampTz occurred_at)
 {
-	static const char hex[] = "0123456789abcdef";
 	char		idtext[STATEHUB_UUID_TEXT_LEN + 1];
-	char	   *p = idtext;
 	struct pg_tm tm;
 	fsec_t		fsec;
-	int			i;
 
-	for (i = 0; i < STATEHUB_UUID_LEN; i++)
-	{
-		if (i == 4 || i == 6 || i == 8 || i == 10)
-			*p++ = '-';
-		*p++ = hex[id[i] >> 4];
-		*p++ = hex[id[i] & 0x0f];
-	}
-	*p = '\0';
+	statehub_format_uuid(id, idtext);
 
 	/* with a NULL time zone, timestamp2tm gives UTC */
 	if (timestamp2tm(occurred_at, NULL, &tm, &fsec, NULL, NULL) != 0)

@@ -47,6 +47,7 @@ extern void statehub_column_init(StatehubColumn *col, Form_pg_attribute att,
 extern void statehub_append_value(StringInfo buf, StatehubColumn *col,
 								  Datum value, bool isnull);
 extern void statehub_new_event_id(unsigned char *id);
+extern void statehub_format_uuid(const unsigned char *id, char *out);
 extern void statehub_envelope_begin(StringInfo buf, const unsigned char *id,
 									const char *event_type,
 									TimestampTz occurred_at);

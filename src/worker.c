@@ -114,6 +114,7 @@
 #include "utils/uuid.h"
 #include "utils/wait_event.h"
 
+#include "envelope.h"
 #include "nats_client.h"
 #include "shmem.h"
 #include "statehub_events.h"
@@ -591,23 +592,6 @@ lock_tables(Oid *outbox_node)
 }
 
 static void
-uuid_to_text(const pg_uuid_t *uuid, char *out)
-{
-	static const char hex[] = "0123456789abcdef";
-	int			i;
-	char	   *p = out;
-
-	for (i = 0; i < UUID_LEN; i++)
-	{
-		if (i == 4 || i == 6 || i == 8 || i == 10)
-			*p++ = '-';
-		*p++ = hex[uuid->data[i] >> 4];
-		*p++ = hex[uuid->data[i] & 0x0f];
-	}
-	*p = '\0';
-}
-
-static void
 execute(SPIPlanPtr plan, Datum *values)
 {
 	int			rc = SPI_execute_plan(plan, values, NULL, false, 0);
@@ -1044,7 +1028,7 @@ run_batch(bool scan)
 			ev->payload_len = VARSIZE_ANY_EXHDR(payload);
 			ev->subject = MemoryContextStrdup(next->cxt,
 											  TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull)));
-			uuid_to_text(DatumGetUUIDP(SPI_getbinval(tup, desc, 2, &isnull)),
+			statehub_format_uuid(DatumGetUUIDP(SPI_getbinval(tup, desc, 2, &isnull))->data,
 						 ev->msg_id);
 			next->n++;
 		}
