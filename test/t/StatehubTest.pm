@@ -466,11 +466,14 @@ sub new
 	return $self;
 }
 
-sub port { return $_[0]->{port}; }
+# Handing out the port (or the URL) promises it: from then on a failed bind
+# is retried on the same port rather than a new one.
+sub port { $_[0]->{port_given} = 1; return $_[0]->{port}; }
 
 sub url
 {
 	my ($self) = @_;
+	$self->{port_given} = 1;
 	my $scheme = $self->{tls} ? 'tls' : 'nats';
 	return "$scheme://127.0.0.1:$self->{port}";
 }
@@ -518,15 +521,60 @@ sub _write_config
 	return $file;
 }
 
+# The text of file $1 from byte $2 on; a file that does not exist yet reads
+# as empty (a child may not have created it).
+sub _read_from
+{
+	my ($file, $offset) = @_;
+	return '' unless -e $file;
+	return slurp_file($file, $offset);
+}
+
+# Start the server and wait (bounded) until it logs that it is ready and
+# accepts connections.  The log file is created here, before the fork, so a
+# read never races the child's open.  A port that was free when picked but
+# is taken at bind time (another process won it in between) gets a new port
+# and another try, but only before the first successful start: a restart
+# keeps its port, since clients were told that one.
 sub start
 {
 	my ($self) = @_;
 	croak "nats-server $self->{name} already running" if $self->{pid};
 
+	for my $try (1 .. 5)
+	{
+		my $outcome = $self->_start_once;
+		if ($outcome eq 'ready')
+		{
+			$self->{started_once} = 1;
+			return;
+		}
+		if ($self->{started_once} || $self->{port_given})
+		{
+			note("nats-server $self->{name}: port $self->{port} taken at bind "
+				  . "time; trying it again");
+			usleep(500_000);
+			next;
+		}
+		note("nats-server $self->{name}: port $self->{port} taken at bind time; "
+			  . "trying another port");
+		$self->{port} = PostgreSQL::Test::Cluster::get_free_port();
+	}
+	BAIL_OUT("nats-server $self->{name} could not start: port "
+		  . "$self->{port} in use\n" . _read_from($self->logfile, 0));
+}
+
+# One start attempt: 'ready', or 'port in use' when the server exited
+# because its port was taken; any other failure bails out with the log.
+sub _start_once
+{
+	my ($self) = @_;
 	my $conf = $self->_write_config;
 	my $bin = StatehubTest::nats_server_bin();
 	my $log = $self->logfile;
 	my $offset = -s $log // 0;
+	open my $touch, '>>', $log or die "could not create $log: $!";
+	close $touch;
 
 	my $pid = fork();
 	die "fork failed: $!" unless defined $pid;
@@ -547,10 +595,12 @@ sub start
 		if (waitpid($pid, WNOHANG) == $pid)
 		{
 			$self->{pid} = undef;
-			BAIL_OUT("nats-server $self->{name} exited at start: "
-				  . slurp_file($log, $offset));
+			@running = grep { $_ != $self } @running;
+			my $text = _read_from($log, $offset);
+			return 'port in use' if $text =~ /address already in use/i;
+			BAIL_OUT("nats-server $self->{name} exited at start:\n$text");
 		}
-		my $text = slurp_file($log, $offset);
+		my $text = _read_from($log, $offset);
 		if ($text =~ /Server is ready/)
 		{
 			my $sock = IO::Socket::INET->new(
@@ -560,12 +610,14 @@ sub start
 			if ($sock)
 			{
 				close $sock;
-				return;
+				return 'ready';
 			}
 		}
 		usleep(20_000);
 	}
-	BAIL_OUT("nats-server $self->{name} did not become ready");
+	BAIL_OUT("nats-server $self->{name} did not become ready within "
+		  . "$PostgreSQL::Test::Utils::timeout_default s; its log:\n"
+		  . _read_from($log, $offset));
 }
 
 sub _signal_and_wait
