@@ -20,7 +20,7 @@ OBJS = \
 	src/nats_client.o
 
 EXTENSION = statehub_events
-DATA = statehub_events--1.0.sql
+DATA = statehub_events--1.0.sql statehub_events--1.1.sql statehub_events--1.0--1.1.sql
 PGFILEDESC = "statehub_events - transactional outbox delivered to NATS JetStream"
 
 # setup creates the extension (and the helpers the other files use)
