@@ -107,15 +107,19 @@ free_port()
 		print $s->sockport, "\n";'
 }
 
+# Whether something accepts TCP connections on 127.0.0.1:$1 right now.
+port_accepts()
+{
+	perl -MIO::Socket::INET -e 'exit(IO::Socket::INET->new(
+			PeerAddr => "127.0.0.1", PeerPort => $ARGV[0]) ? 0 : 1)' "$1"
+}
+
 # Wait (bounded) until something accepts TCP connections on 127.0.0.1:$1.
 wait_for_port()
 {
 	local port=$1 what=$2 i
 	for ((i = 0; i < 300; i++)); do
-		if perl -MIO::Socket::INET -e 'exit(IO::Socket::INET->new(
-				PeerAddr => "127.0.0.1", PeerPort => $ARGV[0]) ? 0 : 1)' "$port"; then
-			return 0
-		fi
+		port_accepts "$port" && return 0
 		sleep 0.1
 	done
 	die "$what did not accept connections on 127.0.0.1:$port within 30 s"
@@ -123,20 +127,49 @@ wait_for_port()
 
 # Start nats-server with JetStream on 127.0.0.1:$2 as the runner user, in a
 # session of its own, its store in $1, its pid in $3 and its log in $4; wait
-# (bounded) until it wrote its pid and accepts connections.
+# (bounded) until it wrote its pid and accepts connections. Returns 2 when the
+# server exited because the port was taken (picked free, bound by another
+# process in between), so the caller can try another port; dies on any other
+# failure, showing the log.
 nats_start()
 {
-	local store=$1 port=$2 pidfile=$3 log=$4 i
+	local store=$1 port=$2 pidfile=$3 log=$4 launcher i offset new
 	rm -f "$pidfile"
+	: >>"$log"
+	offset=$(stat -c %s "$log")
+	is_root && chown "$(runner_user):" "$log"
 	as_runner setsid nats-server -js -a 127.0.0.1 -p "$port" -sd "$store" \
 		-P "$pidfile" -l "$log" </dev/null >/dev/null 2>&1 &
-	for ((i = 0; i < 100; i++)); do
-		[[ -s $pidfile ]] && break
+	launcher=$!
+	# Ready means this server said so and still runs: a port that accepts
+	# connections alone may be another process's.
+	for ((i = 0; i < 300; i++)); do
+		new=$(tail -c +$((offset + 1)) "$log")
+		[[ $new == *'address already in use'* ]] && return 2
+		kill -0 "$launcher" 2>/dev/null || break
+		if [[ -s $pidfile && $new == *'Server is ready'* ]] && port_accepts "$port"; then
+			return 0
+		fi
 		sleep 0.1
 	done
-	[[ -s $pidfile ]] ||
-		{ tail -n 20 "$log" >&2 2>/dev/null; die "nats-server did not start (log: $log)"; }
-	wait_for_port "$port" nats-server
+	tail -n 20 "$log" >&2
+	die "nats-server did not start on 127.0.0.1:$port within 30 s (log: $log)"
+}
+
+# nats_start on a free port, picking another one when the port is taken at
+# bind time; the port used is left in NATS_STARTED_PORT. Arguments as for
+# nats_start without the port.
+nats_start_free()
+{
+	local try rc
+	for try in 1 2 3 4 5; do
+		NATS_STARTED_PORT=$(free_port)
+		rc=0
+		nats_start "$1" "$NATS_STARTED_PORT" "$2" "$3" || rc=$?
+		((rc == 0)) && return 0
+		say "port $NATS_STARTED_PORT was taken before nats-server bound it; trying another"
+	done
+	die "nats-server found no free port in 5 tries (log: $3)"
 }
 
 # Whether "make install" can write PostgreSQL's library and extension dirs.
@@ -185,15 +218,35 @@ pg_init_cluster()
 }
 
 # Start the cluster in $1/data on port $2, logging to $1/postgres.log; wait
-# until it accepts connections.
+# until it accepts connections. Returns 2 when the port was taken at bind time
+# (see nats_start); dies on any other failure, showing the log.
 pg_start_cluster()
 {
-	local dir=$1 port=$2
+	local dir=$1 port=$2 offset
 	# unix socket paths are limited to 107 bytes
 	((${#dir} < 90)) || die "socket directory path too long: $dir"
+	offset=$(stat -c %s "$dir/postgres.log" 2>/dev/null || echo 0)
 	as_runner pg_ctl --pgdata="$dir/data" --log="$dir/postgres.log" \
-		--options="-p $port" --wait --timeout=60 start >/dev/null \
-		|| { tail -n 30 "$dir/postgres.log" >&2; die "PostgreSQL did not start (log: $dir/postgres.log)"; }
+		--options="-p $port" --wait --timeout=60 start >/dev/null 2>&1 && return 0
+	tail -c +$((offset + 1)) "$dir/postgres.log" 2>/dev/null |
+		grep -qi 'could not bind.*address already in use' && return 2
+	tail -n 30 "$dir/postgres.log" >&2
+	die "PostgreSQL did not start (log: $dir/postgres.log)"
+}
+
+# pg_start_cluster on a free port, picking another one when the port is taken
+# at bind time; the port used is left in PG_STARTED_PORT.
+pg_start_free()
+{
+	local try rc
+	for try in 1 2 3 4 5; do
+		PG_STARTED_PORT=$(free_port)
+		rc=0
+		pg_start_cluster "$1" "$PG_STARTED_PORT" || rc=$?
+		((rc == 0)) && return 0
+		say "port $PG_STARTED_PORT was taken before PostgreSQL bound it; trying another"
+	done
+	die "PostgreSQL found no free port in 5 tries (log: $1/postgres.log)"
 }
 
 # Fast-stop the cluster in $1/data if it runs.

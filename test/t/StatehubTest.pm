@@ -560,7 +560,7 @@ sub start
 			  . "trying another port");
 		$self->{port} = PostgreSQL::Test::Cluster::get_free_port();
 	}
-	BAIL_OUT("nats-server $self->{name} could not start: port "
+	croak("nats-server $self->{name} could not start: port "
 		  . "$self->{port} in use\n" . _read_from($self->logfile, 0));
 }
 
@@ -598,7 +598,7 @@ sub _start_once
 			@running = grep { $_ != $self } @running;
 			my $text = _read_from($log, $offset);
 			return 'port in use' if $text =~ /address already in use/i;
-			BAIL_OUT("nats-server $self->{name} exited at start:\n$text");
+			croak("nats-server $self->{name} exited at start:\n$text");
 		}
 		my $text = _read_from($log, $offset);
 		if ($text =~ /Server is ready/)
@@ -615,7 +615,7 @@ sub _start_once
 		}
 		usleep(20_000);
 	}
-	BAIL_OUT("nats-server $self->{name} did not become ready within "
+	croak("nats-server $self->{name} did not become ready within "
 		  . "$PostgreSQL::Test::Utils::timeout_default s; its log:\n"
 		  . _read_from($log, $offset));
 }
