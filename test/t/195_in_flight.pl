@@ -52,19 +52,21 @@ my ($old, $left) = queue_then_start_drain('truncate', $n, $nats->url);
 # a new outbox whose ids start over at 1, filled at once with more events
 # than the drain had got through: the ids of the batch in flight come back
 my $k = $n - $left + 3000;
-my $new = [ split /\n/, $node->safe_psql(
+# (read before the commit: the worker starts on them at once)
+my ($new_min, @new) = split /\n/, $node->safe_psql(
 	'postgres', qq{
 BEGIN;
 TRUNCATE statehub_events.outbox RESTART IDENTITY;
 INSERT INTO t SELECT g, 'new' FROM generate_series(100001, 100000 + $k) g;
-COMMIT;
+SELECT min(id) FROM statehub_events.outbox;
 SELECT event_id FROM statehub_events.outbox ORDER BY id;
-}) ];
+COMMIT;
+});
+my $new = \@new;
 note("outbox truncated with $left of $n events left; $k new events queued");
 cmp_ok($left, '<', $n, 'truncate: the drain had started');
 is(scalar @$new, $k, "truncate: $k new events queued in the truncated outbox");
-is($node->safe_psql('postgres', 'SELECT min(id) FROM statehub_events.outbox'),
-	1, 'truncate: the new ids start over at 1, where the batch in flight was');
+is($new_min, 1, 'truncate: the new ids start over at 1, where the batch in flight was');
 ok(StatehubTest::wait_for_drain($node), 'truncate: the new outbox drains');
 
 my $msgs = $nats->consume('STATEHUB');
