@@ -41,7 +41,15 @@ UPDATE tx_t SET status = 'reopened' WHERE id = 7;
 UPDATE tx_t SET status = 'done' WHERE id = 7;
 SELECT o.subject, o.payload::json -> 'attributes' AS attributes
   FROM statehub_events.outbox o ORDER BY o.id;
--- drain keys are increasing and enqueued_at is the event's timestamp
+-- drain keys increase with the order of the changes (each statement above
+-- is its own transaction, with its own timestamp)
+SELECT pg_catalog.count(*) AS later_events,
+       pg_catalog.bool_and(d.id > d.previous_id) AS drain_keys_increase
+  FROM (SELECT o.id,
+               pg_catalog.lag(o.id) OVER (ORDER BY o.enqueued_at) AS previous_id
+          FROM statehub_events.outbox o) d
+ WHERE d.previous_id IS NOT NULL;
+-- enqueued_at is the event's timestamp, and nothing was tried yet
 SELECT pg_catalog.bool_and(o.enqueued_at = (o.payload::json ->> 'timestamp')::timestamptz)
        AS enqueued_at_is_timestamp,
        pg_catalog.bool_and(o.attempts = 0 AND o.next_attempt_at IS NULL AND o.last_error IS NULL)

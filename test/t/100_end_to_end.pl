@@ -15,6 +15,7 @@ use FindBin;
 use lib $FindBin::RealBin;
 
 use JSON::PP;
+use Time::HiRes qw(usleep);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use StatehubTest;
@@ -87,7 +88,7 @@ is($info->{duplicate_window_us}, 86400 * 1_000_000,
 my $st = StatehubTest::worker_status($node);
 is($st->{state}, 'connected', 'status: worker connected');
 is($st->{stream}, 'STATEHUB', 'status: stream');
-cmp_ok($st->{published}, '>=', 5, 'status: published counts the events');
+is($st->{published}, 5, 'status: published counts the five events, once each');
 ok(defined $st->{last_publish_at}, 'status: last publish time is set');
 is($node->safe_psql('postgres',
 		"SELECT backend_type FROM pg_stat_activity WHERE pid = $st->{pid}"),
@@ -100,11 +101,37 @@ StatehubTest::set_gucs($node, poll_interval => '1h');
 # been woken once since, so the new interval is in force
 $node->safe_psql('postgres', q{SELECT statehub_events.emit('org.statehub.test.x', '{"k": 2}')});
 ok(StatehubTest::wait_for_drain($node), 'event drained after reload');
+
+# Negative control: a row inserted into the outbox by hand arms no wake-up,
+# so only the poll can find it.  With the 1 s default it would be gone in
+# a second; with one hour in force it waits.
+my $quiet = 3;
+my $by_hand = $node->safe_psql(
+	'postgres', q{
+INSERT INTO statehub_events.outbox (event_id, subject, payload)
+SELECT e, 'org.statehub.test.by_hand',
+       pg_catalog.json_build_object('id', e, 'type', 'org.statehub.test.by_hand')::text
+  FROM (SELECT pg_catalog.gen_random_uuid() AS e) g
+RETURNING event_id;
+});
+my $waited = 0;
+while ($waited < $quiet * 10 && StatehubTest::outbox_count($node) == 1)
+{
+	usleep(100_000);
+	$waited++;
+}
+is(StatehubTest::outbox_count($node), 1,
+	"poll_interval = 1h is in force: a row inserted by hand (no wake-up) waits $quiet s");
+
 my $id = $node->safe_psql('postgres',
 	q{SELECT statehub_events.emit('org.statehub.test.x', '{"k": 3}')});
 ok(StatehubTest::wait_for_drain($node, 10),
 	'a committed event is delivered at once with poll_interval = 1h (commit wakes the worker)');
-my $last = $nats->consume('STATEHUB', filter => 'org.statehub.test.x');
-is($last->[-1]{headers}{'Nats-Msg-Id'}, $id, 'the woken event is the last one in the stream');
+my $last = $nats->consume('STATEHUB');
+is_deeply([ map { $_->{headers}{'Nats-Msg-Id'} } @$last[-2, -1] ],
+	[ $by_hand, $id ],
+	'the woken worker delivered the waiting row and then the new event');
+is(StatehubTest::worker_status($node)->{published}, 8,
+	'status: published counts every event delivered, once each');
 
 done_testing();

@@ -5,7 +5,8 @@
 # postmaster stopped in immediate mode, each in the middle of a drain of
 # 20,000 events.  Events whose removal from the outbox did not commit are
 # published again with the same Nats-Msg-Id, so the stream must still hold
-# every committed event exactly once.
+# every committed event exactly once, and in id order: the events after
+# the first one without an answer go out again behind it.
 
 use strict;
 use warnings;
@@ -26,22 +27,13 @@ my $node = StatehubTest::new_node('crashes');
 StatehubTest::track_table($node);
 my @all_ids;
 
-# With the worker disabled, queue $n events in transactions of 1000 rows
-# and return their ids; then enable delivery and return once the first
-# batches are gone (the middle of the drain).
+# Queue $n events, start the drain; returns how many were left then.
 sub queue_then_start_drain
 {
 	my ($case) = @_;
-	StatehubTest::set_gucs($node, nats_url => '');
-	ok(StatehubTest::wait_for_worker_state($node, qr/^disabled$/),
-		"$case: worker disabled while the events are queued");
-	StatehubTest::insert_events($node, $n, 1000);
-	my $ids = StatehubTest::outbox_ids($node);
-	is(scalar @$ids, $n, "$case: $n events queued");
+	my ($ids, $left) =
+	  StatehubTest::queue_then_start_drain($node, $case, $n, $nats->url);
 	push @all_ids, @$ids;
-
-	StatehubTest::set_gucs($node, nats_url => $nats->url);
-	my $left = StatehubTest::wait_until_outbox_below($node, $n);
 	return $left;
 }
 
@@ -50,26 +42,41 @@ sub queue_then_start_drain
 my $left = queue_then_start_drain('case 4');
 my $pid = StatehubTest::worker_status($node)->{pid};
 kill 'KILL', $pid;
-note("worker $pid killed with $left events left in the outbox");
-ok($left > 0 && $left < $n, 'case 4: the worker was killed in the middle of the drain');
+# What the stream holds now is at least what the killed worker published:
+# fewer than all of them means it died before the end of the drain (the
+# next worker only starts after the postmaster's crash cycle).
+my $in_stream = $nats->stream_info('STATEHUB')->{messages};
+note("worker $pid killed with $left events left in the outbox before the "
+	  . "kill, $in_stream in the stream after it");
+cmp_ok($left, '<', $n, 'case 4: the drain had started when the worker was killed');
+cmp_ok($in_stream, '<', $n,
+	'case 4: the worker was killed before it had published every event');
 
-# the postmaster reinitializes after a crashed child and starts the worker again
+# The postmaster reinitializes after a crashed child and starts the worker
+# again.  The killed worker's pid may linger in shared memory until then,
+# so wait for a different one.
 ok($node->poll_query_until('postgres',
-		q{SELECT pid IS NOT NULL FROM statehub_events.status}),
-	'case 4: the server accepts connections again and a worker runs');
-isnt(StatehubTest::worker_status($node)->{pid}, $pid, 'case 4: a new worker was started');
+		qq{SELECT pid IS NOT NULL AND pid <> $pid FROM statehub_events.status}),
+	'case 4: the server accepts connections again and a new worker runs');
 ok(StatehubTest::wait_for_drain($node), 'case 4: the new worker drains the outbox');
-StatehubTest::stream_holds_exactly($nats, 'STATEHUB', \@all_ids, 'case 4');
+my $msgs = StatehubTest::stream_holds_exactly($nats, 'STATEHUB', \@all_ids, 'case 4');
+StatehubTest::stream_order_is($msgs, \@all_ids, 'case 4');
 
 # --- case 5: postmaster immediate shutdown during a drain -------------------
 
 $left = queue_then_start_drain('case 5');
 $node->stop('immediate');
-note("postmaster stopped (immediate) with $left events left in the outbox");
-ok($left > 0 && $left < $n, 'case 5: the server stopped in the middle of the drain');
+# the server is down: nothing more can reach the stream until it restarts
+$in_stream = $nats->stream_info('STATEHUB')->{messages};
+note("postmaster stopped (immediate) with $left events left in the outbox "
+	  . "before the stop, $in_stream in the stream after it");
+cmp_ok($left, '<', $n, 'case 5: the drain had started when the server stopped');
+cmp_ok($in_stream, '<', scalar @all_ids,
+	'case 5: the server stopped before the worker had published every event');
 $node->start;
 ok(StatehubTest::wait_for_drain($node), 'case 5: after restart the outbox drains');
-StatehubTest::stream_holds_exactly($nats, 'STATEHUB', \@all_ids, 'case 5');
+$msgs = StatehubTest::stream_holds_exactly($nats, 'STATEHUB', \@all_ids, 'case 5');
+StatehubTest::stream_order_is($msgs, \@all_ids, 'case 5');
 
 is(StatehubTest::dead_letter_count($node), 0, 'no dead letters');
 

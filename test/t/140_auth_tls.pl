@@ -29,17 +29,28 @@ StatehubTest::track_table($node);
 
 sub insert_events { StatehubTest::insert_events($node, @_); return; }
 
-# The worker is refused: the status view shows an error, the events wait,
-# no attempts are burnt.  Returns the queued ids.
+# The server's clock now: an error recorded after it is the worker's answer
+# to the settings reloaded after it, not one left from before.
+sub server_now
+{
+	return $node->safe_psql('postgres', 'SELECT pg_catalog.clock_timestamp()');
+}
+
+# The worker is refused: once it uses the new settings (the status view
+# names the server on $port, with an error recorded since $since), the
+# error says why ($error_re), the events wait, no attempts are burnt.
+# Returns the queued ids.
 sub refused
 {
-	my ($case, $n) = @_;
+	my ($case, $n, $port, $since, $error_re) = @_;
 	insert_events($n);
-	ok($node->poll_query_until('postgres',
-			q{SELECT state IN ('connecting', 'backoff') AND last_error IS NOT NULL
-			    FROM statehub_events.status}),
-		"$case: the status view shows the worker cannot connect, with an error");
-	note('last_error: ' . StatehubTest::worker_status($node)->{last_error});
+	ok(StatehubTest::wait_for_status($node,
+			"state IN ('connecting', 'backoff') AND server LIKE '%:$port'"
+			  . " AND last_error_at > '$since'"),
+		"$case: the status view shows the worker cannot connect to the new server, with a new error");
+	my $error = StatehubTest::worker_status($node)->{last_error} // '';
+	note("last_error: $error");
+	like($error, $error_re, "$case: the error says why");
 	is($node->safe_psql('postgres', q{SELECT statehub_events.wait_for_drain('1 s')}),
 		'f', "$case: nothing drains");
 	my $ids = StatehubTest::outbox_ids($node);
@@ -64,11 +75,12 @@ my $up = StatehubTest::Nats->new('userpass',
 	user => 'statehub', password => $password);
 $up->start;
 
+my $since = server_now();
 StatehubTest::set_gucs($node,
 	nats_url      => $up->url,
 	nats_user     => 'statehub',
 	nats_password => $wrong_password);
-my $ids = refused('wrong password', 10);
+my $ids = refused('wrong password', 10, $up->port, $since, qr/authori[sz]ation violation/i);
 my $st = StatehubTest::worker_status($node);
 unlike($st->{server} // '', qr/\Q$wrong_password\E/, 'wrong password: not in the status view');
 unlike($st->{last_error} // '', qr/\Q$wrong_password\E/, 'wrong password: not in the last error');
@@ -93,8 +105,9 @@ unlike($st->{server}, qr/\Q$password\E/, 'password in the URL: the password is m
 
 my $tk = StatehubTest::Nats->new('token', token => $token);
 $tk->start;
+$since = server_now();
 StatehubTest::set_gucs($node, nats_url => $tk->url, nats_token => $wrong_token);
-$ids = refused('wrong token', 10);
+$ids = refused('wrong token', 10, $tk->port, $since, qr/authori[sz]ation violation/i);
 StatehubTest::set_gucs($node, nats_token => $token);
 delivered('right token', $tk, $ids);
 
@@ -110,23 +123,41 @@ CREATE ROLE app LOGIN;
 CREATE ROLE mon LOGIN IN ROLE pg_monitor;
 });
 
+# An ordinary role gets an error for the secrets; a pg_monitor member (who
+# may read all settings) gets the mask.  Either way the statement must have
+# run as expected, or a "cannot match" proves nothing.
+foreach my $guc (qw(nats_url nats_password nats_token))
+{
+	my ($rc, $out, $err) = $node->psql('postgres',
+		"SET ROLE mon; SHOW statehub_events.$guc");
+	is($rc, 0, "case 11: SHOW statehub_events.$guc succeeds for a pg_monitor member");
+	is($out, '********', "case 11: ... and shows the mask");
+	($rc, $out, $err) = $node->psql('postgres',
+		"SET ROLE mon; SELECT current_setting('statehub_events.$guc')");
+	is($rc, 0, "case 11: current_setting('statehub_events.$guc') succeeds for a pg_monitor member");
+	is($out, '********', "case 11: ... and returns the mask");
+
+	foreach my $sql ("SHOW statehub_events.$guc",
+		"SELECT current_setting('statehub_events.$guc')")
+	{
+		($rc, $out, $err) = $node->psql('postgres', "SET ROLE app; $sql");
+		isnt($rc, 0, "case 11: $sql is an error for an ordinary role");
+		like($err, qr/permission denied|must be superuser/,
+			"case 11: ... a privilege error");
+		unlike("$out\n$err", qr/\Q$password\E|\Q$token\E|127\.0\.0\.1/,
+			"case 11: ... that shows no secret");
+	}
+}
 foreach my $role (qw(app mon))
 {
-	foreach my $guc (qw(nats_url nats_password nats_token))
-	{
-		my ($rc, $out, $err) = $node->psql('postgres',
-			"SET ROLE $role; SHOW statehub_events.$guc");
-		unlike($out, qr/\Q$password\E|\Q$token\E|127\.0\.0\.1/,
-			"case 11: $role cannot read statehub_events.$guc with SHOW");
-		($rc, $out, $err) = $node->psql('postgres',
-			"SET ROLE $role; SELECT current_setting('statehub_events.$guc')");
-		unlike($out, qr/\Q$password\E|\Q$token\E|127\.0\.0\.1/,
-			"case 11: $role cannot read statehub_events.$guc with current_setting()");
-	}
 	my ($rc, $out, $err) = $node->psql('postgres',
 		"SET ROLE $role; SELECT string_agg(name || '=' || coalesce(setting, ''), ' ') FROM pg_settings");
+	is($rc, 0, "case 11: $role reads pg_settings");
+	like($out, qr/\bmax_connections=\d+/, "case 11: ... and sees the settings it may see");
 	unlike($out, qr/\Q$password\E|\Q$token\E/, "case 11: $role finds no secret in pg_settings");
 	($rc, $out, $err) = $node->psql('postgres', "SET ROLE $role; SHOW ALL");
+	is($rc, 0, "case 11: SHOW ALL succeeds for $role");
+	like($out, qr/^max_connections\|/m, "case 11: ... and lists the settings");
 	unlike($out, qr/\Q$password\E|\Q$token\E/, "case 11: $role finds no secret in SHOW ALL");
 }
 
@@ -153,12 +184,14 @@ my $tls = StatehubTest::Nats->new('tls', tls => $tls_files);
 $tls->start;
 
 # without the CA the server's certificate cannot be verified
+$since = server_now();
 StatehubTest::set_gucs($node,
 	nats_url      => $tls->url,
 	nats_password => '',
 	nats_token    => '',
 	tls_ca_file   => '');
-$ids = refused('TLS without the CA', 10);
+$ids = refused('TLS without the CA', 10, $tls->port, $since,
+	qr/ssl.*(certificate|issuer)/i);
 StatehubTest::set_gucs($node, tls_ca_file => $tls_files->{ca});
 delivered('TLS with the CA', $tls, $ids);
 
@@ -170,6 +203,7 @@ delivered('TLS with the CA', $tls, $ids);
 my @leaks = grep { !/parameter "statehub_events\.[a-z_]+" changed to/ }
   grep { /\Q$password\E|\Q$wrong_password\E|\Q$token\E|\Q$wrong_token\E/ }
   split /\n/, slurp_file($node->logfile);
-is_deeply(\@leaks, [], 'no password or token in the server log');
+is_deeply(\@leaks, [],
+	'no password or token in the server log outside PostgreSQL\'s own "parameter changed to" lines');
 
 done_testing();

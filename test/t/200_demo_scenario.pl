@@ -243,8 +243,18 @@ like($vout, qr/^0 valid, ${\ scalar @broken} invalid$/m,
 
 # --- the sweep publishes nothing more when nothing is left to mark ---
 
+# The worker drains in milliseconds, so an empty outbox proves nothing:
+# look at the stream.  A marker emitted after the sweep is published after
+# anything the sweep queued; once it is in, the sweep's events would be too.
+my $published_before = StatehubTest::worker_status($node)->{published};
 psql_file('stale_sweep.sql', 'stale sweep runs again', hub_schema => $hub);
-is($node->safe_psql('postgres', 'SELECT count(*) FROM statehub_events.outbox'),
-	'0', 'a sweep with nothing to mark queues nothing');
+my $marker = $node->safe_psql('postgres',
+	q{SELECT statehub_events.emit('org.statehub.test.marker', '{}')});
+is($nats->wait_for_stream_count('STATEHUB', @expected + 1),
+	@expected + 1, 'a sweep with nothing to mark adds nothing to the stream but the marker after it');
+my $after = $nats->consume('STATEHUB');
+is($after->[-1]{headers}{'Nats-Msg-Id'}, $marker, 'the marker is the last message');
+is(StatehubTest::worker_status($node)->{published} - $published_before, 1,
+	'the worker published one event since the sweep: the marker');
 
 done_testing();

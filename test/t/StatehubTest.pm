@@ -71,6 +71,14 @@ C<duplicate_window_us>, C<subjects>.
 
 Creates a file-storage stream (as a DBA would with the nats CLI).
 
+=item $nats->js_api($subject, \%request)
+
+One JetStream API request over a plain connection (no auth, no TLS),
+spoken in the NATS protocol itself: publishes the request as JSON to
+$subject (e.g. C<$JS.API.STREAM.CREATE.STATEHUB>) and returns the decoded
+reply.  For what nats_consume cannot set up, e.g. a stream with a
+C<max_msg_size>.
+
 =item $nats->wait_for_stream_count($stream, $count, $timeout_s)
 
 Polls until the stream holds at least $count messages; returns the last
@@ -141,6 +149,13 @@ fewer than $count events; returns the count it saw.  Used to act in the
 middle of a drain: kill NATS, the worker or the postmaster the moment the
 first batches are gone.
 
+=item queue_then_start_drain($node, $case, $n, $nats_url)
+
+With the worker disabled (nats_url empty), queues $n events in
+transactions of 1000 rows; then sets nats_url to $nats_url and returns
+once the first batches are gone (the middle of the drain).  Returns the
+queued ids (array ref, in id order) and the outbox count it saw then.
+
 =item outbox_events($node)
 
 The queued events in drain order: array ref of hashes event_id, subject,
@@ -153,6 +168,18 @@ The exactly-once check: waits until the stream holds as many messages as
 after $name) that the stream's message count equals the number of ids,
 that no Nats-Msg-Id appears twice, and that the set of Nats-Msg-Ids equals
 @event_ids.  Returns the messages.
+
+=item stream_order_is($msgs, \@event_ids, $name)
+
+Asserts that the messages (as consume returns them), taken in stream
+sequence order, carry exactly @event_ids as Nats-Msg-Ids in that order:
+the stream's order is the outbox's id order (pass the ids in id order).
+
+=item wait_for_status($node, $condition, $timeout_s)
+
+Polls until the SQL boolean $condition over the status view's columns is
+true (e.g. C<"server LIKE '%:4222' AND state = 'backoff'">); returns
+true/false and on failure shows the last status row.
 
 =item make_tls_files($dir)
 
@@ -272,7 +299,7 @@ sub worker_status
 {
 	my ($node) = @_;
 	my @cols = qw(pid state server stream queued retrying dead_letters
-	  published failed last_error last_error_at last_publish_at);
+	  published failed last_error last_error_at last_publish_at dedup_window);
 	my $row = $node->safe_psql('postgres',
 		    'SELECT pg_catalog.json_build_object('
 		  . join(', ', map { "'$_', $_" } @cols)
@@ -353,6 +380,22 @@ SELECT count(*) FROM statehub_events.outbox;
 });
 }
 
+sub queue_then_start_drain
+{
+	my ($node, $case, $n, $nats_url) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	set_gucs($node, nats_url => '');
+	ok(wait_for_worker_state($node, qr/^disabled$/),
+		"$case: worker disabled while the events are queued");
+	insert_events($node, $n, 1000);
+	my $ids = outbox_ids($node);
+	is(scalar @$ids, $n, "$case: $n events queued");
+
+	set_gucs($node, nats_url => $nats_url);
+	my $left = wait_until_outbox_below($node, $n);
+	return ($ids, $left);
+}
+
 sub outbox_events
 {
 	my ($node) = @_;
@@ -393,6 +436,42 @@ sub stream_holds_exactly
 	is_deeply([ sort keys %seen ], [ sort @$ids ],
 		"$name: the stream's Nats-Msg-Ids are exactly the committed event ids");
 	return $msgs;
+}
+
+sub stream_order_is
+{
+	my ($msgs, $ids, $name) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	my @by_seq = sort { $a->{seq} <=> $b->{seq} } @$msgs;
+	my @got = map { $_->{headers}{'Nats-Msg-Id'} // '(none)' } @by_seq;
+	my $first_diff = 0;
+	$first_diff++
+	  while $first_diff < @got
+	  && $first_diff < @$ids
+	  && $got[$first_diff] eq $ids->[$first_diff];
+	my $ok = ok(@got == @$ids && $first_diff == @got,
+		"$name: the stream holds the events in id order");
+	diag("first difference at stream position $first_diff of "
+		  . scalar(@got) . " (expected " . scalar(@$ids) . " ids)")
+	  unless $ok;
+	return $ok;
+}
+
+sub wait_for_status
+{
+	my ($node, $cond, $timeout) = @_;
+	my $deadline = time() + _bound($timeout);
+
+	while (time() < $deadline)
+	{
+		return 1
+		  if $node->safe_psql('postgres',
+			"SELECT ($cond) FROM statehub_events.status") eq 't';
+		usleep(50_000);
+	}
+	diag("status never satisfied: $cond; last: "
+		  . $json->encode(worker_status($node)));
+	return 0;
 }
 
 sub make_tls_files
@@ -680,6 +759,54 @@ sub create_stream
 	  $self->_run_client('-S', $subjects, @dup, $self->url, $stream);
 	croak "could not create stream $stream: $err" unless $ok;
 	return decode_json($out);
+}
+
+sub js_api
+{
+	my ($self, $subject, $request) = @_;
+	my $body = encode_json($request);
+	my $bound = $PostgreSQL::Test::Utils::timeout_default;
+	my $reply;
+
+	croak 'js_api speaks plain NATS only'
+	  if $self->{tls} || defined $self->{user} || defined $self->{token};
+	local $SIG{ALRM} = sub { die "no reply to $subject within $bound s\n" };
+	alarm($bound);
+	eval {
+		my $sock = IO::Socket::INET->new(
+			PeerAddr => '127.0.0.1',
+			PeerPort => $self->{port},
+			Proto    => 'tcp') or die "could not connect: $!\n";
+		binmode $sock;
+		my $info = <$sock>;
+		die "no INFO from the server\n" unless defined $info && $info =~ /^INFO /;
+		print $sock qq{CONNECT {"verbose":false,"pedantic":false}\r\n}
+		  . "SUB _INBOX.statehub_test 1\r\n"
+		  . "PUB $subject _INBOX.statehub_test " . length($body) . "\r\n$body\r\n";
+		while (my $line = <$sock>)
+		{
+			if ($line =~ /^MSG \S+ 1 (\d+)\r\n$/)
+			{
+				my $n = $1;
+				my $got = '';
+				while (length($got) < $n + 2)
+				{
+					my $r = read($sock, $got, $n + 2 - length($got), length($got));
+					die "connection closed in a reply\n" unless $r;
+				}
+				$reply = decode_json(substr($got, 0, $n));
+				last;
+			}
+			print $sock "PONG\r\n" if $line =~ /^PING/;
+			die "server error: $line" if $line =~ /^-ERR/;
+		}
+		close $sock;
+	};
+	my $err = $@;
+	alarm(0);
+	croak "js_api $subject: $err" if $err;
+	croak "js_api $subject: connection closed without a reply" unless $reply;
+	return $reply;
 }
 
 sub wait_for_stream_count
