@@ -12,6 +12,7 @@ OBJS = \
 	src/statehub_events.o \
 	src/capture.o \
 	src/envelope.o \
+	src/catalog_checks.o \
 	src/mapping.o \
 	src/outbox.o \
 	src/admin.o \

@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * mapping.c
- *		The DBA's mapping API: track_insert, track_transition, track_delete,
- *		untrack; and the validation of event types.
+ *		The DBA's mapping API: track_insert, track_transition, track_delete
+ *		and untrack.
  *
  * A mapping is two things created together in the caller's transaction:
  *
@@ -50,6 +50,7 @@
 #include "utils/syscache.h"
 #include "utils/typcache.h"
 
+#include "catalog_checks.h"
 #include "statehub_events.h"
 
 PG_FUNCTION_INFO_V1(track_insert);
@@ -71,65 +72,6 @@ typedef struct TrackSpec
 	const char *to_value;
 	const char *from_value;
 } TrackSpec;
-
-static void
-invalid_event_type(const char *event_type, const char *detail)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("invalid event type \"%s\"", event_type),
-			 errdetail("%s", detail),
-			 errhint("An event type is a NATS subject of at least two dot-separated tokens of a-z, 0-9, \"_\" and \"-\", such as \"org.statehub.repo.registered\".")));
-}
-
-/*
- * An event type is also the subject it is published on, so it must be a
- * literal NATS subject that activity-core's "org.statehub.>" style filters
- * can match: lowercase tokens, no wildcards, at most 255 bytes.
- */
-void
-statehub_check_event_type(const char *event_type)
-{
-	size_t		len = strlen(event_type);
-	int			ntokens = 1;
-	size_t		toklen = 0;
-	const char *p;
-
-	if (len == 0)
-		invalid_event_type(event_type, "The event type is empty.");
-	if (len > STATEHUB_MAX_EVENT_TYPE_LEN)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid event type \"%.40s...\"", event_type),
-				 errdetail("The event type is %zu bytes long; at most %d are allowed.",
-						   len, STATEHUB_MAX_EVENT_TYPE_LEN)));
-
-	for (p = event_type; *p; p++)
-	{
-		unsigned char c = (unsigned char) *p;
-
-		if (c == '.')
-		{
-			if (toklen == 0)
-				invalid_event_type(event_type, "The event type has an empty token.");
-			ntokens++;
-			toklen = 0;
-			continue;
-		}
-		if (c == '*' || c == '>')
-			invalid_event_type(event_type, "Wildcards (\"*\", \">\") are not allowed in an event type.");
-		if (c <= ' ' || c == 0x7f)
-			invalid_event_type(event_type, "Whitespace and control characters are not allowed in an event type.");
-		if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-			  c == '_' || c == '-'))
-			invalid_event_type(event_type, "Only a-z, 0-9, \"_\", \"-\" and \".\" are allowed in an event type.");
-		toklen++;
-	}
-	if (toklen == 0)
-		invalid_event_type(event_type, "The event type has an empty token.");
-	if (ntokens < 2)
-		invalid_event_type(event_type, "The event type has only one token.");
-}
 
 static void
 undefined_column(Relation rel, const char *name, const char *hint)
