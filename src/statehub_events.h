@@ -6,9 +6,8 @@
  *		file offers the others.
  *
  * The extension has two halves.  Capture (capture.c, mapping.c,
- * catalog_checks.c,
- * envelope.c, outbox.c) runs inside the writing transaction and only ever
- * appends to statehub_events.outbox.  Delivery (worker.c, nats_client.c)
+ * catalog_checks.c, envelope.c, outbox.c) runs inside the writing
+ * transaction and only ever appends to statehub_events.outbox.  Delivery (worker.c, nats_client.c)
  * runs in one background worker that drains the outbox into JetStream.
  * shmem.c is the only meeting point of the two: a wake flag and the
  * worker's published state.
