@@ -45,30 +45,22 @@ BEGIN
     END IF;
 END
 $$;
-CREATE FUNCTION sec_evil.eq(text, text) RETURNS boolean
-LANGUAGE plpgsql AS $$
+-- one "=" for each type the extension's SQL compares
+DO $do$
+DECLARE
+    t text;
 BEGIN
-    PERFORM sec_evil.escalate();
-    RETURN $1 OPERATOR(pg_catalog.=) $2;
+    FOREACH t IN ARRAY ARRAY['text', 'name', 'oid'] LOOP
+        EXECUTE format($f$CREATE FUNCTION sec_evil.eq(%1$s, %1$s) RETURNS boolean
+                          LANGUAGE plpgsql AS $b$
+                          BEGIN
+                              PERFORM sec_evil.escalate();
+                              RETURN $1 OPERATOR(pg_catalog.=) $2;
+                          END $b$$f$, t);
+        EXECUTE format('CREATE OPERATOR sec_evil.= (LEFTARG = %1$s, RIGHTARG = %1$s, FUNCTION = sec_evil.eq)', t);
+    END LOOP;
 END
-$$;
-CREATE FUNCTION sec_evil.eq(name, name) RETURNS boolean
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM sec_evil.escalate();
-    RETURN $1 OPERATOR(pg_catalog.=) $2;
-END
-$$;
-CREATE FUNCTION sec_evil.eq(oid, oid) RETURNS boolean
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM sec_evil.escalate();
-    RETURN $1 OPERATOR(pg_catalog.=) $2;
-END
-$$;
-CREATE OPERATOR sec_evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = sec_evil.eq);
-CREATE OPERATOR sec_evil.= (LEFTARG = name, RIGHTARG = name, FUNCTION = sec_evil.eq);
-CREATE OPERATOR sec_evil.= (LEFTARG = oid, RIGHTARG = oid, FUNCTION = sec_evil.eq);
+$do$;
 SET search_path = sec_evil, pg_catalog;
 SELECT statehub_events.track_insert('sec_evil.victim', 'org.statehub.sec.created');
 SELECT statehub_events.track_insert('sec_evil.victim', 'org.statehub.sec.created', '{id}');

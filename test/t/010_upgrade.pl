@@ -37,6 +37,10 @@ SELECT statehub_events.track_transition('tasks', 'status', 'done',
                                         'org.statehub.task.done', from_value => 'open');
 };
 
+# mapping rows whose table is gone
+my $stale_sql = q{SELECT count(*) FROM statehub_events.mapping m
+           WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = m.table_name)};
+
 $node->safe_psql('postgres', q{CREATE EXTENSION statehub_events VERSION '1.0'});
 $node->safe_psql('postgres', $declare);
 $node->safe_psql(
@@ -50,10 +54,7 @@ UPDATE tasks SET status = 'done';
 DELETE FROM repos WHERE id = 2;
 SELECT statehub_events.emit('org.statehub.task.stale', '{"task_id": 7}');
 });
-is( $node->safe_psql(
-		'postgres',
-		q{SELECT count(*) FROM statehub_events.mapping m
-           WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = m.table_name)}),
+is( $node->safe_psql('postgres', $stale_sql),
 	'1',
 	'1.0 keeps the mapping row of a dropped table');
 my $queued_10 = StatehubTest::outbox_events($node);
@@ -66,10 +67,7 @@ is( $node->safe_psql(
             FROM pg_extension WHERE extname = 'statehub_events'}),
 	'1.1 pg_catalog',
 	'the extension is at 1.1, recorded in pg_catalog');
-is( $node->safe_psql(
-		'postgres',
-		q{SELECT count(*) FROM statehub_events.mapping m
-           WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = m.table_name)}),
+is( $node->safe_psql('postgres', $stale_sql),
 	'0',
 	'the update forgets the mapping row of the dropped table');
 
