@@ -12,6 +12,7 @@ OBJS = \
 	src/statehub_events.o \
 	src/capture.o \
 	src/envelope.o \
+	src/catalog_checks.o \
 	src/mapping.o \
 	src/outbox.o \
 	src/admin.o \
@@ -20,13 +21,14 @@ OBJS = \
 	src/nats_client.o
 
 EXTENSION = statehub_events
-DATA = statehub_events--1.0.sql statehub_events--1.1.sql statehub_events--1.0--1.1.sql
+DATA = statehub_events--1.0.sql statehub_events--1.1.sql statehub_events--1.0--1.1.sql \
+	statehub_events--1.0.control
 PGFILEDESC = "statehub_events - transactional outbox delivered to NATS JetStream"
 
 # setup creates the extension (and the helpers the other files use)
 REGRESS = setup track_insert track_transition track_delete track_errors \
 	attributes emit outbox_tx partitioned capture_guc privileges \
-	column_changes
+	column_changes security
 
 ISOLATION = concurrent_transitions
 ISOLATION_OPTS = --inputdir=test --outputdir=test/output_iso --load-extension=statehub_events

@@ -7,3 +7,75 @@
  * Brings an installed 1.0 to exactly what statehub_events--1.1.sql creates:
  * a test compares the two (objects and privileges) after every change.
  */
+
+-- ---------------------------------------------------------------------------
+-- The schema (1.1): the extension's own
+-- ---------------------------------------------------------------------------
+
+/*
+ * 1.0's control file named the schema, so CREATE EXTENSION created it
+ * outside the extension and recorded the extension as living in it.  1.1
+ * lives in pg_catalog (as a fresh install does, see the control file) and
+ * owns the schema.  No SQL command moves a non-relocatable extension, so
+ * the catalog rows are changed here, as the extension's superuser: the
+ * extension's namespace, and its dependency on the old schema (pg_catalog
+ * is pinned and has none).  Then the schema joins the extension, with its
+ * ACL recorded as the initial privileges, as CREATE SCHEMA in a fresh
+ * install records them.
+ */
+UPDATE pg_catalog.pg_extension
+   SET extnamespace = 'pg_catalog'::pg_catalog.regnamespace
+ WHERE extname OPERATOR(pg_catalog.=) 'statehub_events';
+
+DELETE FROM pg_catalog.pg_depend d
+ WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+   AND d.objid OPERATOR(pg_catalog.=) (SELECT e.oid FROM pg_catalog.pg_extension e
+                                        WHERE e.extname OPERATOR(pg_catalog.=) 'statehub_events')
+   AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass
+   AND d.refobjid OPERATOR(pg_catalog.=) 'statehub_events'::pg_catalog.regnamespace;
+
+ALTER EXTENSION statehub_events ADD SCHEMA statehub_events;
+
+COMMENT ON SCHEMA statehub_events IS
+'Objects of the statehub_events extension (dropped with it).';
+
+-- ---------------------------------------------------------------------------
+-- Privileges and mapping hygiene (1.1)
+-- ---------------------------------------------------------------------------
+
+REVOKE ALL ON FUNCTION statehub_events.capture() FROM PUBLIC;
+REVOKE ALL ON FUNCTION statehub_events.track_insert(pg_catalog.regclass, pg_catalog.text, pg_catalog.text[], pg_catalog.text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION statehub_events.track_transition(pg_catalog.regclass, pg_catalog.name, pg_catalog.text, pg_catalog.text, pg_catalog.text, pg_catalog.text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION statehub_events.track_delete(pg_catalog.regclass, pg_catalog.text, pg_catalog.text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION statehub_events.untrack(pg_catalog.regclass, pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION statehub_events.forget_dropped_mappings()
+RETURNS pg_catalog.event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM statehub_events.mapping m
+     WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t
+                        WHERE t.tgrelid OPERATOR(pg_catalog.=) m.table_name::pg_catalog.oid
+                          AND t.tgname OPERATOR(pg_catalog.=) m.trigger_name);
+END
+$$;
+
+COMMENT ON FUNCTION statehub_events.forget_dropped_mappings() IS
+'Event trigger function: deletes the mapping rows whose capture trigger was dropped.';
+
+REVOKE ALL ON FUNCTION statehub_events.forget_dropped_mappings() FROM PUBLIC;
+
+CREATE EVENT TRIGGER statehub_events_forget_dropped_mappings ON sql_drop
+    EXECUTE FUNCTION statehub_events.forget_dropped_mappings();
+
+COMMENT ON EVENT TRIGGER statehub_events_forget_dropped_mappings IS
+'Keeps statehub_events.mapping free of rows whose table or trigger was dropped.';
+
+/* 1.0 left the rows of dropped tables behind (hidden by the view): forget them. */
+DELETE FROM statehub_events.mapping m
+ WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t
+                    WHERE t.tgrelid OPERATOR(pg_catalog.=) m.table_name::pg_catalog.oid
+                      AND t.tgname OPERATOR(pg_catalog.=) m.trigger_name);

@@ -9,6 +9,21 @@
  * so nothing here can be redirected by a caller's search_path.
  */
 
+-- ---------------------------------------------------------------------------
+-- The schema (1.1): the extension's own
+-- ---------------------------------------------------------------------------
+
+/*
+ * Created here rather than by the control file (whose schema is
+ * pg_catalog, as pg_cron's), so it is a member of the extension: DROP
+ * EXTENSION drops it, and CREATE EXTENSION fails on a schema that already
+ * exists instead of adopting one another role prepared.
+ */
+CREATE SCHEMA statehub_events;
+
+COMMENT ON SCHEMA statehub_events IS
+'Objects of the statehub_events extension (dropped with it).';
+
 /*
  * Anyone may look up the extension's objects; each table, view and function
  * below carries its own rights (the outbox and dead letters: none).
@@ -329,3 +344,52 @@ AS 'MODULE_PATHNAME', 'warn_if_no_worker'
 LANGUAGE C;
 SELECT statehub_events.warn_if_no_worker();
 DROP FUNCTION statehub_events.warn_if_no_worker();
+
+-- ---------------------------------------------------------------------------
+-- Privileges and mapping hygiene (1.1)
+-- ---------------------------------------------------------------------------
+
+/*
+ * Declaring events and queueing them are the DBA's rights, as in pg_cron:
+ * a superuser can, and grants them (see docs/security.md).  capture() is
+ * revoked too, because CREATE TRIGGER checks EXECUTE on it: without the
+ * grant, no hand-made trigger can queue events either.
+ */
+REVOKE ALL ON FUNCTION statehub_events.capture() FROM PUBLIC;
+REVOKE ALL ON FUNCTION statehub_events.track_insert(pg_catalog.regclass, pg_catalog.text, pg_catalog.text[], pg_catalog.text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION statehub_events.track_transition(pg_catalog.regclass, pg_catalog.name, pg_catalog.text, pg_catalog.text, pg_catalog.text, pg_catalog.text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION statehub_events.track_delete(pg_catalog.regclass, pg_catalog.text, pg_catalog.text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION statehub_events.untrack(pg_catalog.regclass, pg_catalog.text) FROM PUBLIC;
+
+/*
+ * No mapping outlives its trigger: whatever drops a tracked table or a
+ * capture trigger (DROP TABLE, DROP SCHEMA ... CASCADE, DROP OWNED, DROP
+ * COLUMN ... CASCADE, DROP TRIGGER) forgets the mapping rows in the same
+ * transaction, so pg_dump never writes the OID of a table that is gone.
+ * It runs as the extension's owner (the dropping role has no rights on
+ * the mapping table), with a pinned search_path and qualified operators.
+ */
+CREATE FUNCTION statehub_events.forget_dropped_mappings()
+RETURNS pg_catalog.event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM statehub_events.mapping m
+     WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t
+                        WHERE t.tgrelid OPERATOR(pg_catalog.=) m.table_name::pg_catalog.oid
+                          AND t.tgname OPERATOR(pg_catalog.=) m.trigger_name);
+END
+$$;
+
+COMMENT ON FUNCTION statehub_events.forget_dropped_mappings() IS
+'Event trigger function: deletes the mapping rows whose capture trigger was dropped.';
+
+REVOKE ALL ON FUNCTION statehub_events.forget_dropped_mappings() FROM PUBLIC;
+
+CREATE EVENT TRIGGER statehub_events_forget_dropped_mappings ON sql_drop
+    EXECUTE FUNCTION statehub_events.forget_dropped_mappings();
+
+COMMENT ON EVENT TRIGGER statehub_events_forget_dropped_mappings IS
+'Keeps statehub_events.mapping free of rows whose table or trigger was dropped.';

@@ -33,9 +33,20 @@ RESET ROLE;
 SELECT * FROM show_events();
 SELECT clear_events();
 
--- a role with the TRIGGER privilege may declare events on that table only
+-- the TRIGGER privilege alone declares nothing: declaring is the DBA's to grant
 CREATE TABLE priv_other (id integer PRIMARY KEY);
 GRANT TRIGGER ON priv_t TO priv_dba;
+SET ROLE priv_dba;
+SELECT statehub_events.track_delete('priv_t', 'org.statehub.priv.deleted', '{id}');
+RESET ROLE;
+-- granted as docs/security.md says, it may declare events on that table only
+GRANT EXECUTE ON FUNCTION
+    statehub_events.capture(),
+    statehub_events.track_insert(regclass, text, text[], text),
+    statehub_events.track_transition(regclass, name, text, text, text, text[]),
+    statehub_events.track_delete(regclass, text, text[]),
+    statehub_events.untrack(regclass, text)
+  TO priv_dba;
 SET ROLE priv_dba;
 SELECT statehub_events.track_delete('priv_t', 'org.statehub.priv.deleted', '{id}');
 SELECT statehub_events.track_insert('priv_other', 'org.statehub.priv.other');
@@ -60,4 +71,5 @@ SELECT clear_events();
 DROP SCHEMA evil CASCADE;
 DROP TABLE priv_t, priv_other;
 DROP ROLE priv_app;
+DROP OWNED BY priv_dba;
 DROP ROLE priv_dba;

@@ -44,6 +44,7 @@
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
+#include "catalog_checks.h"
 #include "envelope.h"
 #include "shmem.h"
 #include "statehub_events.h"
@@ -95,25 +96,6 @@ init_capture_cache(void)
 	capture_cache = hash_create("statehub_events capture cache", 64, &ctl,
 								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	CacheRegisterRelcacheCallback(capture_relcache_callback, (Datum) 0);
-}
-
-/*
- * The live (not dropped) column of a table with this name, or NULL; shared
- * with mapping.c, which resolves the same names when a mapping is declared.
- */
-Form_pg_attribute
-statehub_find_column(TupleDesc desc, const char *name)
-{
-	int			i;
-
-	for (i = 0; i < desc->natts; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-
-		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
-			return att;
-	}
-	return NULL;
 }
 
 /* (Re)build a cache entry from the trigger and the table's current shape. */

@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * mapping.c
- *		The DBA's mapping API: track_insert, track_transition, track_delete,
- *		untrack; and the validation of event types.
+ *		The DBA's mapping API: track_insert, track_transition, track_delete
+ *		and untrack.
  *
  * A mapping is two things created together in the caller's transaction:
  *
@@ -13,7 +13,17 @@
  *   capture needs (see capture.c);
  * - a row in statehub_events.mapping recording the declaration as the DBA
  *   wrote it (for the mappings view and pg_dump), written as the table's
- *   owner because callers have no rights on it.
+ *   owner because callers have no rights on it.  That SQL is the only code
+ *   of the extension that runs with raised rights; see execute_as_owner
+ *   for how it is fenced (issue 8: an operator of the caller's, found
+ *   through the caller's search_path, used to run as superuser there).
+ *
+ * Who may call these functions is the DBA's to grant (they are revoked
+ * from PUBLIC, see docs/security.md); on top of that, the caller needs
+ * what CREATE TRIGGER needs.  Temporary tables are refused, one table
+ * declares an event type once (the same function again replaces it), and
+ * an event trigger (forget_dropped_mappings) deletes the rows of dropped
+ * tables and triggers, so no mapping row outlives its trigger.
  *
  * The trigger's SQL is generated here with every name quoted and
  * schema-qualified, values as quoted literals, the type's own equality
@@ -32,6 +42,7 @@
 #include "access/htup_details.h"
 #include "access/relation.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
@@ -40,6 +51,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
+#include "parser/parse_func.h"
 #include "parser/parser.h"
 #include "utils/acl.h"
 #include "utils/array.h"
@@ -50,6 +62,7 @@
 #include "utils/syscache.h"
 #include "utils/typcache.h"
 
+#include "catalog_checks.h"
 #include "statehub_events.h"
 
 PG_FUNCTION_INFO_V1(track_insert);
@@ -71,65 +84,6 @@ typedef struct TrackSpec
 	const char *to_value;
 	const char *from_value;
 } TrackSpec;
-
-static void
-invalid_event_type(const char *event_type, const char *detail)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("invalid event type \"%s\"", event_type),
-			 errdetail("%s", detail),
-			 errhint("An event type is a NATS subject of at least two dot-separated tokens of a-z, 0-9, \"_\" and \"-\", such as \"org.statehub.repo.registered\".")));
-}
-
-/*
- * An event type is also the subject it is published on, so it must be a
- * literal NATS subject that activity-core's "org.statehub.>" style filters
- * can match: lowercase tokens, no wildcards, at most 255 bytes.
- */
-void
-statehub_check_event_type(const char *event_type)
-{
-	size_t		len = strlen(event_type);
-	int			ntokens = 1;
-	size_t		toklen = 0;
-	const char *p;
-
-	if (len == 0)
-		invalid_event_type(event_type, "The event type is empty.");
-	if (len > STATEHUB_MAX_EVENT_TYPE_LEN)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid event type \"%.40s...\"", event_type),
-				 errdetail("The event type is %zu bytes long; at most %d are allowed.",
-						   len, STATEHUB_MAX_EVENT_TYPE_LEN)));
-
-	for (p = event_type; *p; p++)
-	{
-		unsigned char c = (unsigned char) *p;
-
-		if (c == '.')
-		{
-			if (toklen == 0)
-				invalid_event_type(event_type, "The event type has an empty token.");
-			ntokens++;
-			toklen = 0;
-			continue;
-		}
-		if (c == '*' || c == '>')
-			invalid_event_type(event_type, "Wildcards (\"*\", \">\") are not allowed in an event type.");
-		if (c <= ' ' || c == 0x7f)
-			invalid_event_type(event_type, "Whitespace and control characters are not allowed in an event type.");
-		if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-			  c == '_' || c == '-'))
-			invalid_event_type(event_type, "Only a-z, 0-9, \"_\", \"-\" and \".\" are allowed in an event type.");
-		toklen++;
-	}
-	if (toklen == 0)
-		invalid_event_type(event_type, "The event type has an empty token.");
-	if (ntokens < 2)
-		invalid_event_type(event_type, "The event type has only one token.");
-}
 
 static void
 undefined_column(Relation rel, const char *name, const char *hint)
@@ -376,7 +330,36 @@ trigger_name_for(const char *event_type)
 											strlen(event_type))));
 }
 
-/* Run SPI SQL as the owner of the mapping table (callers have no rights). */
+/*
+ * Pin search_path to pg_catalog (and pg_temp last, where no function or
+ * operator is ever looked up) until unpin_search_path: no SQL this file
+ * runs can resolve a name through the caller's search_path.
+ */
+static int
+pin_search_path(void)
+{
+	int			nestlevel = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return nestlevel;
+}
+
+static void
+unpin_search_path(int nestlevel)
+{
+	AtEOXact_GUC(true, nestlevel);
+}
+
+/*
+ * Run SPI SQL on statehub_events.mapping as the table's owner (callers have
+ * no rights on it).  This is the only place the extension raises rights,
+ * so it is fenced three ways: the SQL is fixed text in this file with every
+ * relation qualified and every operator written OPERATOR(pg_catalog.=), the
+ * search_path is pinned while it is parsed and run, and it is a security
+ * restricted operation.  Caller-supplied values are only ever parameters.
+ */
 static int
 execute_as_owner(const char *sql, int nargs, Oid *argtypes, Datum *args,
 				 const char *nulls)
@@ -387,6 +370,7 @@ execute_as_owner(const char *sql, int nargs, Oid *argtypes, Datum *args,
 	Oid			mapid = get_relname_relid("mapping", nspid);
 	HeapTuple	tup;
 	Oid			owner;
+	int			nestlevel;
 	int			ret;
 
 	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(mapid));
@@ -395,11 +379,13 @@ execute_as_owner(const char *sql, int nargs, Oid *argtypes, Datum *args,
 	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
 	ReleaseSysCache(tup);
 
+	nestlevel = pin_search_path();
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
 	ret = SPI_execute_with_args(sql, nargs, argtypes, args, nulls, false, 0);
 	SetUserIdAndSecContext(save_userid, save_sec);
+	unpin_search_path(nestlevel);
 	if (ret < 0)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 	return ret;
@@ -409,16 +395,41 @@ execute_as_owner(const char *sql, int nargs, Oid *argtypes, Datum *args,
 static void
 execute_ddl(const char *sql)
 {
-	int			save_nestlevel = NewGUCNestLevel();
+	int			nestlevel = pin_search_path();
 	int			ret;
 
-	(void) set_config_option("search_path", "pg_catalog, pg_temp",
-							 PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
 	ret = SPI_execute(sql, false, 0);
 	if (ret < 0)
 		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
-	AtEOXact_GUC(true, save_nestlevel);
+	unpin_search_path(nestlevel);
+}
+
+/*
+ * The operation ("insert", "update" or "delete") of the mapping of (table,
+ * event type) in force, or NULL when there is none.
+ */
+static char *
+mapping_in_force(Relation rel, const char *event_type, char **tgname)
+{
+	Oid			argtypes[2] = {OIDOID, TEXTOID};
+	Datum		args[2];
+
+	args[0] = ObjectIdGetDatum(RelationGetRelid(rel));
+	args[1] = CStringGetTextDatum(event_type);
+
+	execute_as_owner("SELECT m.operation, m.trigger_name"
+					 "  FROM statehub_events.mapping m"
+					 "  JOIN pg_catalog.pg_trigger t"
+					 "    ON t.tgrelid OPERATOR(pg_catalog.=) m.table_name::pg_catalog.oid"
+					 "   AND t.tgname OPERATOR(pg_catalog.=) m.trigger_name"
+					 " WHERE m.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1"
+					 "   AND m.event_type OPERATOR(pg_catalog.=) $2",
+					 2, argtypes, args, NULL);
+	if (SPI_processed == 0)
+		return NULL;
+	if (tgname != NULL)
+		*tgname = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 }
 
 /*
@@ -431,24 +442,11 @@ remove_mapping(Relation rel, const char *event_type)
 {
 	Oid			argtypes[2] = {OIDOID, TEXTOID};
 	Datum		args[2];
+	char	   *tgname = NULL;
 	bool		in_force = false;
 
-	args[0] = ObjectIdGetDatum(RelationGetRelid(rel));
-	args[1] = CStringGetTextDatum(event_type);
-
-	execute_as_owner("SELECT m.trigger_name"
-					 "  FROM statehub_events.mapping m"
-					 "  JOIN pg_catalog.pg_trigger t"
-					 "    ON t.tgrelid = m.table_name::pg_catalog.oid"
-					 "   AND t.tgname = m.trigger_name"
-					 " WHERE m.table_name = $1::pg_catalog.oid::pg_catalog.regclass"
-					 "   AND m.event_type = $2",
-					 2, argtypes, args, NULL);
-	if (SPI_processed > 0)
+	if (mapping_in_force(rel, event_type, &tgname) != NULL)
 	{
-		char	   *tgname = SPI_getvalue(SPI_tuptable->vals[0],
-										  SPI_tuptable->tupdesc, 1);
-
 		execute_ddl(psprintf("DROP TRIGGER %s ON %s",
 							 quote_identifier(tgname),
 							 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
@@ -456,21 +454,26 @@ remove_mapping(Relation rel, const char *event_type)
 		in_force = true;
 	}
 
+	args[0] = ObjectIdGetDatum(RelationGetRelid(rel));
+	args[1] = CStringGetTextDatum(event_type);
 	execute_as_owner("DELETE FROM statehub_events.mapping m"
-					 " WHERE m.table_name = $1::pg_catalog.oid::pg_catalog.regclass"
-					 "   AND (m.event_type = $2"
+					 " WHERE m.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1"
+					 "   AND (m.event_type OPERATOR(pg_catalog.=) $2"
 					 "        OR NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t"
-					 "                        WHERE t.tgrelid = m.table_name::pg_catalog.oid"
-					 "                          AND t.tgname = m.trigger_name))",
+					 "                        WHERE t.tgrelid OPERATOR(pg_catalog.=) m.table_name::pg_catalog.oid"
+					 "                          AND t.tgname OPERATOR(pg_catalog.=) m.trigger_name))",
 					 2, argtypes, args, NULL);
 	return in_force;
 }
 
-/* Open the table to track, checking what it is and the caller's rights. */
+/*
+ * Open the table to track, checking what it is and the caller's rights:
+ * what CREATE TRIGGER needs on the table, and EXECUTE on capture() (which
+ * CREATE TRIGGER checks too; checked first here for a clearer error).
+ */
 static Relation
-open_tracked_table(Oid relid)
+open_tracked_table(Oid relid, bool declaring)
 {
-	AclResult	aclresult;
 	Relation	rel;
 	char		relkind = get_rel_relkind(relid);
 
@@ -480,10 +483,24 @@ open_tracked_table(Oid relid)
 				 errmsg("table with OID %u does not exist", relid)));
 
 	/* check rights before taking a lock others would wait on */
-	aclresult = pg_class_aclcheck(relid, GetUserId(), ACL_TRIGGER);
-	if (aclresult != ACLCHECK_OK)
-		aclcheck_error(aclresult, get_relkind_objtype(relkind),
-					   get_rel_name(relid));
+	if (pg_class_aclcheck(relid, GetUserId(), ACL_TRIGGER) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table %s", get_rel_name(relid)),
+				 errhint("Declaring events on a table needs the TRIGGER privilege on it, as CREATE TRIGGER does.")));
+	if (declaring)
+	{
+		List	   *name = list_make2(makeString(STATEHUB_SCHEMA),
+									  makeString("capture"));
+		Oid			capture_oid = LookupFuncName(name, 0, NULL, false);
+
+		if (pg_proc_aclcheck(capture_oid, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied for function capture"),
+					 errhint("A role that declares events needs EXECUTE on %s.capture(); see docs/security.md.",
+							 STATEHUB_SCHEMA)));
+	}
 
 	/* the lock CREATE TRIGGER takes; it also serializes concurrent tracks */
 	rel = relation_open(relid, ShareRowExclusiveLock);
@@ -495,12 +512,35 @@ open_tracked_table(Oid relid)
 				 errmsg("\"%s\" is not a table", RelationGetRelationName(rel)),
 				 errhint("Events can be declared on ordinary and partitioned tables.")));
 
+	/*
+	 * A temporary table is private to one session and gone with it: its
+	 * events would announce nothing other sessions could see, and its
+	 * mapping row would outlive it.
+	 */
+	if (rel->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot track temporary table \"%s\"",
+						RelationGetRelationName(rel)),
+				 errdetail("Events announce committed changes that other sessions can see.")));
+
 	if (strcmp(get_namespace_name(RelationGetNamespace(rel)), STATEHUB_SCHEMA) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("cannot track table \"%s\" of extension statehub_events",
 						RelationGetRelationName(rel))));
 	return rel;
+}
+
+/* The track_* function that declares a mapping of this operation. */
+static const char *
+declaring_function(const char *operation)
+{
+	if (strcmp(operation, "insert") == 0)
+		return "track_insert";
+	if (strcmp(operation, "update") == 0)
+		return "track_transition";
+	return "track_delete";
 }
 
 static void
@@ -524,9 +564,10 @@ track(TrackSpec *spec)
 	Datum		args[9];
 	char		nulls[9];
 	bool		is_update = strcmp(spec->operation, "update") == 0;
+	char	   *existing;
 
 	statehub_check_event_type(spec->event_type);
-	rel = open_tracked_table(spec->relid);
+	rel = open_tracked_table(spec->relid, true);
 	attributes = check_attributes(rel, spec->attributes, is_update);
 	qualified = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 										   RelationGetRelationName(rel));
@@ -595,6 +636,16 @@ track(TrackSpec *spec)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
+	/* a type is declared once per table: same operation replaces, no other */
+	existing = mapping_in_force(rel, spec->event_type, NULL);
+	if (existing != NULL && strcmp(existing, spec->operation) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("event type \"%s\" is already declared on table \"%s\" by %s",
+						spec->event_type, RelationGetRelationName(rel),
+						declaring_function(existing)),
+				 errdetail("A table declares each event type once; declaring it again with the same function replaces it."),
+				 errhint("Call statehub_events.untrack first, or use another event type.")));
 	(void) remove_mapping(rel, spec->event_type);
 	if (spec->condition != NULL)
 	{
@@ -640,7 +691,7 @@ track(TrackSpec *spec)
 	execute_as_owner("INSERT INTO statehub_events.mapping"
 					 " (table_name, event_type, operation, column_name, from_value,"
 					 "  to_value, attributes, condition, trigger_name)"
-					 " VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4, $5, $6, $7, $8, $9)",
+					 " VALUES ($1::pg_catalog.regclass, $2, $3, $4, $5, $6, $7, $8, $9)",
 					 9, argtypes, args, nulls);
 
 	SPI_finish();
@@ -732,7 +783,7 @@ untrack(PG_FUNCTION_ARGS)
 	Relation	rel;
 	bool		removed;
 
-	rel = open_tracked_table(relid);
+	rel = open_tracked_table(relid, false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	removed = remove_mapping(rel, event_type);

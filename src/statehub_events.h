@@ -6,8 +6,8 @@
  *		file offers the others.
  *
  * The extension has two halves.  Capture (capture.c, mapping.c,
- * envelope.c, outbox.c) runs inside the writing transaction and only ever
- * appends to statehub_events.outbox.  Delivery (worker.c, nats_client.c)
+ * catalog_checks.c, envelope.c, outbox.c) runs inside the writing
+ * transaction and only ever appends to statehub_events.outbox.  Delivery (worker.c, nats_client.c)
  * runs in one background worker that drains the outbox into JetStream.
  * shmem.c is the only meeting point of the two: a wake flag and the
  * worker's published state.
@@ -61,9 +61,6 @@ extern PGDLLIMPORT int statehub_poll_interval;	/* ms */
 /* True when _PG_init ran from shared_preload_libraries. */
 extern bool statehub_preloaded;
 
-/* event type validation (mapping.c); raises ERROR on a bad type */
-extern void statehub_check_event_type(const char *event_type);
-
 /* outbox.c: append one ready-to-publish event in the current transaction */
 extern void statehub_outbox_append(const unsigned char *event_id,
 								   const char *subject,
@@ -72,9 +69,6 @@ extern void statehub_outbox_append(const unsigned char *event_id,
 
 /* capture.c: arm the commit-time wake-up of the worker */
 extern void statehub_capture_arm_wakeup(void);
-
-/* capture.c: a table's live column by name, or NULL */
-extern Form_pg_attribute statehub_find_column(TupleDesc desc, const char *name);
 
 /* worker.c */
 extern void statehub_register_worker(void);
