@@ -79,4 +79,6 @@ extern StatehubNatsResult statehub_nats_publish_wait(StatehubPubEvent *events,
 													 char *errbuf,
 													 size_t errlen);
 
+extern void statehub_nats_abandon_batch(void);
+
 #endif							/* STATEHUB_NATS_CLIENT_H */
