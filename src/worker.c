@@ -93,6 +93,8 @@
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "common/hashfn.h"
+#include "common/jsonapi.h"
+#include "mb/pg_wchar.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -124,6 +126,22 @@
 
 /* Pending cursors kept; more are merged into the last one. */
 #define MAX_PENDING_CURSORS 64
+
+/*
+ * A published event that was the first without an answer when the
+ * connection to NATS was lost this many times in a row is taken for poison
+ * (something about it makes the server drop the connection) and goes to
+ * the dead letters.  An outage loses the connection once, whatever event
+ * was first, and failed reconnects publish nothing, so they do not count;
+ * five losses in a row on the same event, each after a successful
+ * reconnect, are not the network.  Small, so one bad row stalls delivery
+ * for seconds (the reconnect backoff), not forever.
+ */
+#define POISON_LOSSES 5
+
+/* Back-off after an ERROR in a round: doubles from the first to the last. */
+#define MIN_ERROR_BACKOFF_MS 1000
+#define MAX_ERROR_BACKOFF_MS 10000
 
 /* First connection retry; doubles up to retry_backoff_max. */
 #define MIN_CONNECT_BACKOFF_MS 100
@@ -207,9 +225,28 @@ static MemoryContext loop_context = NULL;
 
 static void forget_in_flight(void);
 
-/* The two batches, and the one in flight (NULL: none). */
-static Batch batches[2];
+/*
+ * The pipeline's batches (see the file header): scanned by this round's
+ * transaction and published after its commit; in flight, published and
+ * waiting for acks; answered, its acks collected, to be settled by the
+ * next transaction.  Each is NULL when there is none.
+ */
+static Batch batches[3];
+static Batch *scanned = NULL;
 static Batch *in_flight = NULL;
+static Batch *answered = NULL;
+
+/* The poison guard (POISON_LOSSES): the suspect and its losses so far. */
+static int64 suspect_id = -1;
+static int	suspect_losses = 0;
+static int64 poison_id = -1;	/* to dead-letter when settled */
+
+/* Errors of rounds: back-off, and the last one logged (logged once). */
+static int	error_backoff_ms = 0;
+static char last_round_error[STATEHUB_ERROR_LEN];
+
+/* The last subject found valid, so a batch of one event type checks once. */
+static char valid_subject[STATEHUB_MAX_EVENT_TYPE_LEN + 1];
 
 /*
  * Register the worker; called from _PG_init while preloading.
@@ -330,10 +367,13 @@ set_session_options(void)
 
 	/*
 	 * The worker bounds its own waits: it only tries table locks, and a row
-	 * lock a DBA holds on a queued event gets lock_timeout.  A database's
-	 * statement_timeout must not apply to it.
+	 * lock a DBA holds on a queued event gets lock_timeout.  The round then
+	 * fails, is logged, and is tried again after a back-off, so the timeout
+	 * can be short: the worker never queues for long behind a DBA, and the
+	 * status view shows why it stalls.  A database's statement_timeout
+	 * must not apply to it.
 	 */
-	SetConfigOption("lock_timeout", "10s", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("lock_timeout", "2s", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
 }
 
@@ -446,8 +486,13 @@ ensure_connected(void)
 		/* retries keep the state "backoff": it is logged once */
 		if (state != STATEHUB_WORKER_BACKOFF)
 			set_state(STATEHUB_WORKER_CONNECTING, NULL);
+		pgstat_report_activity(STATE_RUNNING, "connecting to NATS");
 		if (statehub_nats_connect(error, sizeof(error)) != STATEHUB_NATS_OK)
+		{
+			pgstat_report_activity(STATE_IDLE, NULL);
 			return back_off(error);
+		}
+		pgstat_report_activity(STATE_IDLE, NULL);
 		stream_checked = false;
 		fresh = true;
 	}
@@ -761,12 +806,19 @@ advance_cursor(TransactionId xmin, TransactionId next_xid, int64 max_id,
 	}
 }
 
-/* The batch that is not in flight, emptied for the next scan. */
+/* A batch that is none of the pipeline's, emptied for the next scan. */
 static Batch *
 spare_batch(void)
 {
-	Batch	   *b = (in_flight == &batches[0]) ? &batches[1] : &batches[0];
+	Batch	   *b = NULL;
+	int			i;
 
+	for (i = 0; i < lengthof(batches); i++)
+	{
+		b = &batches[i];
+		if (b != in_flight && b != answered && b != scanned)
+			break;
+	}
 	if (b->cxt == NULL)
 		b->cxt = AllocSetContextCreate(TopMemoryContext,
 									   "statehub_events worker batch",
@@ -776,6 +828,22 @@ spare_batch(void)
 	b->events = NULL;
 	b->n = 0;
 	return b;
+}
+
+/*
+ * Drop a batch of the pipeline without settling it: nothing of it is
+ * deleted, and the cursor goes back to its first event, so all of it is
+ * published again (the stream drops what it already holds).
+ */
+static void
+drop_batch(Batch **b)
+{
+	if (*b == NULL)
+		return;
+	if ((*b)->n > 0)
+		cursor = Min(cursor, (*b)->rows[0].id);
+	MemoryContextReset((*b)->cxt);
+	*b = NULL;
 }
 
 /* Milliseconds left of publish_timeout for the batch in flight, at least 1. */
@@ -792,11 +860,9 @@ in_flight_wait_ms(void)
 }
 
 /*
- * Give up on the batch in flight without settling it: nothing of it is
- * deleted, and the cursor goes back to its first event, so all of it is
- * published again (the stream drops what it already holds).  For when it
- * cannot be settled safely: the outbox is not the table it was scanned
- * from, or the connection it went out on is being replaced.
+ * Give up on the batch in flight without settling it.  For when it cannot
+ * be settled safely: the outbox is not the table it was scanned from, or
+ * the connection it went out on is being replaced.
  */
 static void
 forget_in_flight(void)
@@ -808,15 +874,14 @@ forget_in_flight(void)
 	/* detaches it from the ack handler */
 	(void) statehub_nats_publish_wait(in_flight->events, in_flight->n, 1,
 									  error, sizeof(error));
-	cursor = Min(cursor, in_flight->rows[0].id);
-	MemoryContextReset(in_flight->cxt);
-	in_flight = NULL;
+	drop_batch(&in_flight);
 }
 
 /*
  * Sort the answered events of a finished batch into what the transaction
- * must do: delete the acked, reschedule or dead-letter the rejected; the
- * lowest unanswered id keeps the cursor at or below it.
+ * must do: delete the acked, reschedule or dead-letter the rejected, and
+ * dead-letter the poison suspect; the lowest unanswered id keeps the
+ * cursor at or below it.
  */
 static void
 settle_batch(Batch *b, TimestampTz now, Settled *out, RowUpdates *retry,
@@ -850,6 +915,18 @@ settle_batch(Batch *b, TimestampTz now, Settled *out, RowUpdates *retry,
 				}
 				break;
 			case STATEHUB_PUB_PENDING:
+				if (row->id == poison_id)
+				{
+					out->nrejected++;
+					add_update(dead, row->id, row->attempts + 1,
+							   psprintf("suspected poison: the connection to NATS was lost %d times in a row with this event the first without an answer",
+										POISON_LOSSES),
+							   now);
+					poison_id = -1;
+					suspect_id = -1;
+					suspect_losses = 0;
+					break;
+				}
 				/* no answer: stays as it is, and the cursor stays below it */
 				out->unanswered = Min(out->unanswered, row->id);
 				break;
@@ -858,12 +935,65 @@ settle_batch(Batch *b, TimestampTz now, Settled *out, RowUpdates *retry,
 }
 
 /*
+ * Why an event can never be published, or NULL: checked at scan time, so
+ * a bad row goes to the dead letters at once and never reaches NATS (a
+ * subject with a blank makes nats-server drop the connection, and the
+ * event would stall everything behind it).  The subject must be a valid
+ * event type, the payload valid JSON and small enough for the server.
+ */
+static char *
+unpublishable(const char *subject, text *payload, int64 max_body)
+{
+	size_t		len = VARSIZE_ANY_EXHDR(payload);
+	JsonLexContext *lex;
+	JsonParseErrorType jerr;
+
+	if (len > max_body)
+		return psprintf("the event is %zu bytes, which exceeds the NATS server's max_payload (%lld bytes left after the headers)",
+						len, (long long) max_body);
+
+	if (strcmp(subject, valid_subject) != 0)
+	{
+		MemoryContext cxt = CurrentMemoryContext;
+		char	   *volatile reason = NULL;
+
+		/* the capture side's own check, which reports by ERROR */
+		PG_TRY();
+		{
+			statehub_check_event_type(subject);
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			reason = edata->detail != NULL ?
+				psprintf("%s: %s", edata->message, edata->detail) :
+				pstrdup(edata->message);
+			FreeErrorData(edata);
+		}
+		PG_END_TRY();
+		if (reason != NULL)
+			return reason;
+		strlcpy(valid_subject, subject, sizeof(valid_subject));
+	}
+
+	lex = makeJsonLexContextCstringLen(VARDATA_ANY(payload), len,
+									   GetDatabaseEncoding(), false);
+	jerr = pg_parse_json(lex, &nullSemAction);
+	if (jerr != JSON_SUCCESS)
+		return psprintf("the payload is not valid JSON: %s",
+						json_errdetail(jerr, lex));
+	return NULL;
+}
+
+/*
  * One transaction of the pipeline (see the file header): scan the next
- * batch (unless scan is false), collect the acks of the batch in flight,
- * publish the next batch if that one went well, then settle the one in
- * flight and commit.  The caller made sure we are connected when scan is
- * true; with scan false this only settles the batch in flight, without
- * touching the connection state.
+ * batch (unless scan is false) into scanned, settle the answered batch,
+ * and commit.  Publishing and waiting for acks happen outside, after the
+ * commit.
  */
 static BatchResult
 run_batch(bool scan)
@@ -876,21 +1006,20 @@ run_batch(bool scan)
 	int			nrows = 0;
 	int			limit = 0;
 	int			i;
-	int			skip = 0;
+	int			skip_flight = 0;
+	int			skip_answered = 0;
+	int			nskip;
 	int			taken = 0;
 	Oid			outbox_node = InvalidOid;
 	Batch	   *next = NULL;
-	Batch	   *settled = NULL;
 	int64		max_body;
 	int64		max_id = -1;
 	int64		covered = PG_INT64_MAX;
 	Settled		done;
 	RowUpdates	retry;
 	RowUpdates	dead;
-	int			noversized = 0;
-	char		error[STATEHUB_ERROR_LEN];
+	int			npoison = 0;
 	char		event_error[STATEHUB_ERROR_LEN];
-	bool		failed = false;
 	TimestampTz now;
 
 	now = GetCurrentTimestamp();
@@ -912,7 +1041,7 @@ run_batch(bool scan)
 
 	if (!lock_tables(&outbox_node))
 	{
-		/* a batch in flight waits: it is checked against the next outbox */
+		/* the answered batch waits: it is checked against the next outbox */
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -925,19 +1054,21 @@ run_batch(bool scan)
 		/*
 		 * Not the outbox we scanned before (created again, truncated or
 		 * rewritten): its ids may start over, so neither the cursor nor a
-		 * batch in flight means anything in it.
+		 * batch of the pipeline means anything in it.
 		 */
 		forget_in_flight();
+		drop_batch(&answered);
 		cursor = 0;
 		npending = 0;
 		scanned_node = outbox_node;
 	}
 	prepare_plans();
 
-	/* room for the batch in flight, the oversized and a failed next batch */
-	init_updates(&retry, (in_flight ? in_flight->n : 0) + 2 * statehub_batch_size);
-	init_updates(&dead, (in_flight ? in_flight->n : 0) + 2 * statehub_batch_size);
-	done.acked_ids = palloc(sizeof(int64) * Max(in_flight ? in_flight->n : 0, 1));
+	nskip = (in_flight ? in_flight->n : 0) + (answered ? answered->n : 0);
+	/* room for the answered batch and the next one's poison rows */
+	init_updates(&retry, nskip + statehub_batch_size);
+	init_updates(&dead, nskip + statehub_batch_size);
+	done.acked_ids = palloc(sizeof(int64) * Max(answered ? answered->n : 0, 1));
 	done.nacked = 0;
 	done.nrejected = 0;
 	done.unanswered = PG_INT64_MAX;
@@ -950,8 +1081,8 @@ run_batch(bool scan)
 		/* an upper bound of every xid assigned before the snapshot */
 		next_xid = ReadNextTransactionId();
 
-		/* rows of the batch in flight are seen again and skipped */
-		limit = statehub_batch_size + (in_flight ? in_flight->n : 0);
+		/* rows of the batches in flight and answered are seen and skipped */
+		limit = statehub_batch_size + nskip;
 		values[0] = Int64GetDatum(cursor);
 		values[1] = Int64GetDatum((int64) limit);
 		if (SPI_execute_plan(scan_plan, values, NULL, true, 0) != SPI_OK_SELECT)
@@ -974,17 +1105,24 @@ run_batch(bool scan)
 			int64		id;
 			int32		attempts;
 			text	   *payload;
+			char	   *subject;
+			char	   *reason;
 			Datum		due;
 			StatehubPubEvent *ev;
 
 			id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 
-			/* in flight: seen, and settled below */
-			while (in_flight != NULL && skip < in_flight->n &&
-				   in_flight->rows[skip].id < id)
-				skip++;
-			if (in_flight != NULL && skip < in_flight->n &&
-				in_flight->rows[skip].id == id)
+			/* in flight or answered: seen, and settled by this or the next */
+			while (in_flight != NULL && skip_flight < in_flight->n &&
+				   in_flight->rows[skip_flight].id < id)
+				skip_flight++;
+			while (answered != NULL && skip_answered < answered->n &&
+				   answered->rows[skip_answered].id < id)
+				skip_answered++;
+			if ((in_flight != NULL && skip_flight < in_flight->n &&
+				 in_flight->rows[skip_flight].id == id) ||
+				(answered != NULL && skip_answered < answered->n &&
+				 answered->rows[skip_answered].id == id))
 			{
 				max_id = id;
 				continue;
@@ -1009,70 +1147,32 @@ run_batch(bool scan)
 			}
 
 			payload = DatumGetTextPP(SPI_getbinval(tup, desc, 4, &isnull));
-			if (VARSIZE_ANY_EXHDR(payload) > max_body)
+			subject = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
+			reason = unpublishable(subject, payload, max_body);
+			if (reason != NULL)
 			{
-				add_update(&dead, id, attempts,
-						   psprintf("the event is %zu bytes, which exceeds the NATS server's max_payload (%lld bytes left after the headers)",
-									VARSIZE_ANY_EXHDR(payload),
-									(long long) max_body),
-						   now);
-				noversized++;
+				add_update(&dead, id, attempts, reason, now);
+				npoison++;
 				continue;
 			}
 
 			next->rows[next->n].id = id;
 			next->rows[next->n].attempts = attempts;
 			ev = &next->events[next->n];
-			/* cnats copies the payload; SPI's copy is enough */
-			ev->payload = VARDATA_ANY(payload);
+			/* cnats copies the payload, but it is read after SPI_finish */
 			ev->payload_len = VARSIZE_ANY_EXHDR(payload);
-			ev->subject = MemoryContextStrdup(next->cxt,
-											  TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull)));
+			ev->payload = MemoryContextAlloc(next->cxt, Max(ev->payload_len, 1));
+			memcpy((char *) ev->payload, VARDATA_ANY(payload), ev->payload_len);
+			ev->subject = MemoryContextStrdup(next->cxt, subject);
 			statehub_format_uuid(DatumGetUUIDP(SPI_getbinval(tup, desc, 2, &isnull))->data,
-						 ev->msg_id);
+								 ev->msg_id);
 			next->n++;
 		}
 	}
 
-	/* the acks of the batch in flight came in while we scanned */
-	if (in_flight != NULL)
-	{
-		if (statehub_nats_publish_wait(in_flight->events, in_flight->n,
-									   in_flight_wait_ms(),
-									   error, sizeof(error)) != STATEHUB_NATS_OK)
-			failed = true;
-		settle_batch(in_flight, now, &done, &retry, &dead);
-		settled = in_flight;
-		in_flight = NULL;
-	}
-
-	/*
-	 * Publish the next batch only when everything before it was answered,
-	 * so nothing goes out behind an event that may have to be published
-	 * again; it goes out before this transaction's writes, so JetStream
-	 * stores it while we delete and commit.
-	 */
-	if (next != NULL && next->n > 0)
-	{
-		if (failed)
-			done.unanswered = Min(done.unanswered, next->rows[0].id);
-		else if (statehub_nats_publish_async(next->events, next->n,
-											 result != BATCH_FULL,
-											 statehub_publish_timeout,
-											 error, sizeof(error)) != STATEHUB_NATS_OK)
-		{
-			/* finished already: settle what it got */
-			failed = true;
-			done.acked_ids = repalloc(done.acked_ids,
-									  sizeof(int64) * (done.nacked + next->n));
-			settle_batch(next, now, &done, &retry, &dead);
-		}
-		else
-		{
-			next->published_at = GetCurrentTimestamp();
-			in_flight = next;
-		}
-	}
+	/* the answered batch: its acks were collected after the last commit */
+	if (answered != NULL)
+		settle_batch(answered, now, &done, &retry, &dead);
 
 	if (result == BATCH_FULL)
 		covered = max_id + 1;
@@ -1094,9 +1194,14 @@ run_batch(bool scan)
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(loop_context);
 
-	if (settled != NULL)
-		MemoryContextReset(settled->cxt);
-	if (next != NULL && in_flight != next)
+	if (answered != NULL)
+	{
+		MemoryContextReset(answered->cxt);
+		answered = NULL;
+	}
+	if (next != NULL && next->n > 0)
+		scanned = next;
+	else if (next != NULL)
 		MemoryContextReset(next->cxt);
 
 	if (scan)
@@ -1107,7 +1212,7 @@ run_batch(bool scan)
 	/* what other processes see */
 	SpinLockAcquire(&statehub_shared->mutex);
 	statehub_shared->published += done.nacked;
-	statehub_shared->failed += done.nrejected + noversized;
+	statehub_shared->failed += done.nrejected + npoison;
 	if (done.nacked > 0)
 		statehub_shared->last_publish_at = GetCurrentTimestamp();
 	SpinLockRelease(&statehub_shared->mutex);
@@ -1125,17 +1230,94 @@ run_batch(bool scan)
 	pgstat_report_activity(STATE_IDLE, NULL);
 	ConditionVariableBroadcast(&statehub_shared->drained_cv);
 
-	if (!scan)
-		return failed ? BATCH_FAILED : BATCH_DONE;
-	if (failed)
+	/*
+	 * Delivery moved on (or there was nothing to do): the next error of a
+	 * round is news again.  Not merely a transaction that went through: a
+	 * round that fails every other time must not log every time.
+	 */
+	if (done.nacked > 0 || (scan && nrows == 0))
 	{
-		back_off(error);
-		return BATCH_FAILED;
+		last_round_error[0] = '\0';
+		error_backoff_ms = 0;
 	}
-	backoff_ms = 0;
-	if (state == STATEHUB_WORKER_BACKOFF)
-		set_state(STATEHUB_WORKER_CONNECTED, NULL);
 	return result;
+}
+
+/*
+ * Wait (outside any transaction) for the acks of the batch in flight; it
+ * becomes the answered batch, settled by the next transaction.  False on a
+ * connection-level failure (error says why); a connection lost with events
+ * unanswered counts towards the poison guard.
+ */
+static bool
+collect_in_flight(char *error, size_t errlen)
+{
+	bool		ok;
+	int64		first = PG_INT64_MAX;
+	int			i;
+
+	if (in_flight == NULL)
+		return true;
+	ok = statehub_nats_publish_wait(in_flight->events, in_flight->n,
+									in_flight_wait_ms(),
+									error, errlen) == STATEHUB_NATS_OK;
+	for (i = 0; i < in_flight->n; i++)
+	{
+		if (in_flight->events[i].outcome == STATEHUB_PUB_PENDING)
+		{
+			first = in_flight->rows[i].id;
+			break;
+		}
+	}
+	if (first == PG_INT64_MAX)
+	{
+		suspect_id = -1;
+		suspect_losses = 0;
+	}
+	else
+	{
+		/* below the cursor at once: everything after it goes out again */
+		cursor = Min(cursor, first);
+		if (!ok && !statehub_nats_connected())
+		{
+			if (first == suspect_id)
+				suspect_losses++;
+			else
+			{
+				suspect_id = first;
+				suspect_losses = 1;
+			}
+			if (suspect_losses >= POISON_LOSSES)
+				poison_id = first;
+		}
+	}
+	answered = in_flight;
+	in_flight = NULL;
+	return ok;
+}
+
+/*
+ * Publish the scanned batch (outside any transaction), once everything
+ * before it was answered, so nothing goes out behind an event that may
+ * have to be published again.  When it cannot go out it is dropped and
+ * scanned again later.  False on a connection-level failure.
+ */
+static bool
+publish_scanned(bool full, char *error, size_t errlen)
+{
+	if (scanned == NULL)
+		return true;
+	if (statehub_nats_publish_async(scanned->events, scanned->n, !full,
+									statehub_publish_timeout,
+									error, errlen) != STATEHUB_NATS_OK)
+	{
+		drop_batch(&scanned);
+		return false;
+	}
+	scanned->published_at = GetCurrentTimestamp();
+	in_flight = scanned;
+	scanned = NULL;
+	return true;
 }
 
 /* ---------------------------------------------------------------------
@@ -1144,13 +1326,17 @@ run_batch(bool scan)
  */
 
 /*
- * One round: connect if needed, then drain.  Returns how long to sleep
- * (ms); 0 means go again at once.
+ * One round: connect if needed, then one transaction (scan, settle), then
+ * outside it collect the acks of the batch in flight and publish the
+ * scanned one.  Returns how long to sleep (ms); 0 means go again at once.
  */
 static long
 worker_round(void)
 {
 	long		wait;
+	BatchResult result;
+	char		error[STATEHUB_ERROR_LEN];
+	bool		ok;
 
 	if (RecoveryInProgress())
 		return statehub_poll_interval;
@@ -1158,8 +1344,9 @@ worker_round(void)
 	wait = ensure_connected();
 	if (wait > 0)
 	{
-		/* no new batch now; settle what is in flight, keep what is not */
-		if (in_flight != NULL)
+		/* no new batch now; settle what was answered, keep what was not */
+		(void) collect_in_flight(error, sizeof(error));
+		if (answered != NULL)
 			(void) run_batch(false);
 		return wait;
 	}
@@ -1167,23 +1354,68 @@ worker_round(void)
 	/* cleared before the scan: a commit after this wakes us again */
 	pg_atomic_write_u32(&statehub_shared->wake_pending, 0);
 
-	switch (run_batch(true))
+	result = run_batch(true);
+	if (result == BATCH_SKIPPED)
+		return statehub_poll_interval;
+
+	/* the acks of the batch in flight came in while we scanned and settled */
+	pgstat_report_activity(STATE_RUNNING, "waiting for NATS JetStream");
+	ok = collect_in_flight(error, sizeof(error));
+	if (!ok)
+		drop_batch(&scanned);
+	else
+		ok = publish_scanned(result == BATCH_FULL, error, sizeof(error));
+	pgstat_report_activity(STATE_IDLE, NULL);
+	if (!ok)
 	{
-		case BATCH_FULL:
-			return 0;
-		case BATCH_DONE:
-			break;
-		case BATCH_FAILED:
-			return ms_until(next_attempt_at);
-		case BATCH_SKIPPED:
-			return statehub_poll_interval;
+		back_off(error);
+		return ms_until(next_attempt_at);
 	}
-	/* the batch in flight is settled by the next round, at once */
-	if (in_flight != NULL)
+	backoff_ms = 0;
+	if (state == STATEHUB_WORKER_BACKOFF)
+		set_state(STATEHUB_WORKER_CONNECTED, NULL);
+
+	/* more to scan, or batches to settle: at once */
+	if (result == BATCH_FULL || in_flight != NULL || answered != NULL)
+		return 0;
+	/* a nested wait may have reset the latch a commit set */
+	if (pg_atomic_read_u32(&statehub_shared->wake_pending) != 0)
 		return 0;
 	if (retry_due_at != DT_NOEND)
 		return Min((long) statehub_poll_interval, ms_until(retry_due_at));
 	return statehub_poll_interval;
+}
+
+/*
+ * After an ERROR in a round (the transaction is aborted already): forget
+ * the pipeline's batches (their events go out again, and the stream drops
+ * what it holds), log the error unless it is the one logged last, show it
+ * in the status view, and return the back-off (ms).
+ */
+static long
+round_failed(ErrorData *edata)
+{
+	statehub_nats_abandon_batch();
+	drop_batch(&scanned);
+	drop_batch(&in_flight);
+	drop_batch(&answered);
+
+	if (strcmp(edata->message, last_round_error) != 0)
+	{
+		ereport(LOG,
+				(errcode(edata->sqlerrcode),
+				 errmsg("statehub_events worker could not drain statehub_events.outbox, retrying"),
+				 errdetail_internal("%s", edata->message),
+				 errhint("Events stay queued in statehub_events.outbox meanwhile.")));
+		strlcpy(last_round_error, edata->message, sizeof(last_round_error));
+	}
+	record_error(edata->message);
+
+	if (error_backoff_ms == 0)
+		error_backoff_ms = MIN_ERROR_BACKOFF_MS;
+	else
+		error_backoff_ms = Min(error_backoff_ms * 2, MAX_ERROR_BACKOFF_MS);
+	return error_backoff_ms;
 }
 
 void
@@ -1213,7 +1445,7 @@ statehub_worker_main(Datum main_arg)
 
 	for (;;)
 	{
-		long		wait;
+		volatile long wait = 0;
 
 		MemoryContextReset(loop_context);
 		MemoryContextSwitchTo(loop_context);
@@ -1222,7 +1454,29 @@ statehub_worker_main(Datum main_arg)
 		if (ConfigReloadPending)
 			reload_settings();
 
-		wait = worker_round();
+		/* a round is the unit of recovery: an ERROR ends it, not the worker */
+		PG_TRY();
+		{
+			wait = worker_round();
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			/* as after longjmp to PostgresMain's sigsetjmp */
+			HOLD_INTERRUPTS();
+			BackgroundWorkerUnblockSignals();
+			MemoryContextSwitchTo(loop_context);
+			edata = CopyErrorData();
+			FlushErrorState();
+			AbortCurrentTransaction();
+			MemoryContextSwitchTo(loop_context);
+			pgstat_report_activity(STATE_IDLE, NULL);
+			RESUME_INTERRUPTS();
+			wait = round_failed(edata);
+		}
+		PG_END_TRY();
+
 		if (wait > 0)
 		{
 			(void) WaitLatch(MyLatch,
