@@ -89,6 +89,15 @@
 /* Upper bound of async publishes in flight; batch_size's maximum. */
 #define MAX_PENDING_PUBLISHES 100000
 
+/*
+ * JetStream errors that are about one message, not the stream
+ * (nats-server's errors.json).
+ */
+#define JS_MESSAGE_EXCEEDS_MAX_ERR_CODE 10054
+#define JS_STREAM_NOT_MATCH_ERR_CODE 10060
+#define JS_STREAM_WRONG_LAST_MSG_ID_ERR_CODE 10070
+#define JS_STREAM_WRONG_LAST_SEQ_ERR_CODE 10071
+
 /* How long to wait for ack handlers already running when a batch gave up. */
 #define QUIESCE_TIMEOUT_MS 2000
 
@@ -160,6 +169,16 @@ typedef struct Helper
 
 static Helper helper;
 
+/*
+ * The subjects the stream listens on, as a comma-separated list: the
+ * stream's own when it exists, the configured stream_subjects while it is
+ * missing (they are what it will cover once created).  Set by
+ * statehub_nats_check_stream; malloc'd, "" until then.
+ */
+static char *stream_subjects = NULL;
+
+static void set_stream_subjects(const char *list, const char **subjects,
+								int n);
 static void describe_failure_text(char *errbuf, size_t errlen,
 								  const char *what, natsStatus s,
 								  const char *last);
@@ -679,7 +698,8 @@ reap_helper(void)
 }
 
 /*
- * Run the helper's job (inputs already set) on its thread and wait for it.
+ * Run the helper's job (inputs already set, after reap_helper) on its
+ * thread and wait for it.
  * Signals are blocked only while the thread is created, so it and the
  * threads cnats starts from it never run PostgreSQL's handlers.
  */
@@ -783,8 +803,8 @@ statehub_nats_reconnecting(void)
  * configured subjects, replicas and duplicate window) when it is missing
  * and stream_create is on; never modify an existing one.  Reports the
  * stream's duplicate window (0 when unknown).  A stream that is missing and
- * may not be created is not a connection failure: *missing is set and
- * events are then rejected one by one (no responders).
+ * may not be created is not a connection failure: *missing is set, and
+ * events for its subjects wait for it (statehub_nats_stream_trouble).
  */
 StatehubNatsResult
 statehub_nats_check_stream(char *errbuf, size_t errlen, int64 *dedup_window_us,
@@ -804,7 +824,8 @@ statehub_nats_check_stream(char *errbuf, size_t errlen, int64 *dedup_window_us,
 		return STATEHUB_NATS_FAILED;
 	}
 
-	/* the helper gets its own copies, trimmed here */
+	/* an abandoned helper first; then the helper gets its own copies */
+	reap_helper();
 	list = pstrdup(statehub_stream_subjects);
 	nsubjects = split_list(list, subjects, MAX_SERVERS);
 	helper.subject_list[0] = '\0';
@@ -831,6 +852,11 @@ statehub_nats_check_stream(char *errbuf, size_t errlen, int64 *dedup_window_us,
 				(errmsg("created NATS JetStream stream \"%s\"", statehub_stream_name)));
 
 	if (s == NATS_NOT_FOUND)
+		set_stream_subjects(helper.subject_list, NULL, 0);
+	else if (s == NATS_OK && helper.si->Config != NULL)
+		set_stream_subjects(NULL, helper.si->Config->Subjects,
+							helper.si->Config->SubjectsLen);
+	if (s == NATS_NOT_FOUND)
 	{
 		*missing = true;
 		snprintf(errbuf, errlen, "stream \"%s\" does not exist and statehub_events.stream_create is off",
@@ -847,6 +873,105 @@ statehub_nats_check_stream(char *errbuf, size_t errlen, int64 *dedup_window_us,
 	jsStreamInfo_Destroy(helper.si);
 	helper.si = NULL;
 	return STATEHUB_NATS_OK;
+}
+
+/* Remember what the stream covers: a list "a,b" or an array of subjects. */
+static void
+set_stream_subjects(const char *list, const char **subjects, int n)
+{
+	StringInfoData buf;
+	int			i;
+
+	initStringInfo(&buf);
+	if (list != NULL)
+		appendStringInfoString(&buf, list);
+	for (i = 0; i < n; i++)
+		appendStringInfo(&buf, "%s%s", i > 0 ? "," : "", subjects[i]);
+	free(stream_subjects);
+	stream_subjects = strdup(buf.data);
+	pfree(buf.data);
+}
+
+/*
+ * Whether NATS subject pattern pattern (tokens, "*" for one, ">" for the
+ * rest) matches the literal subject.
+ */
+static bool
+subject_matches(const char *pattern, const char *subject)
+{
+	const char *p = pattern;
+	const char *t = subject;
+
+	for (;;)
+	{
+		size_t		plen = strcspn(p, ".");
+		size_t		tlen = strcspn(t, ".");
+
+		if (plen == 1 && p[0] == '>')
+			return tlen > 0;
+		if (!(plen == 1 && p[0] == '*') &&
+			(plen != tlen || strncmp(p, t, plen) != 0))
+			return false;
+		p += plen;
+		t += tlen;
+		if (*p == '\0' || *t == '\0')
+			return *p == '\0' && *t == '\0';
+		p++;
+		t++;
+	}
+}
+
+/* Whether the stream listens on (or, missing, will listen on) subject. */
+static bool
+stream_covers(const char *subject)
+{
+	const char *p = stream_subjects;
+
+	while (p != NULL && *p != '\0')
+	{
+		size_t		len = strcspn(p, ",");
+		char		pattern[256];
+
+		if (len < sizeof(pattern))
+		{
+			memcpy(pattern, p, len);
+			pattern[len] = '\0';
+			if (subject_matches(pattern, subject))
+				return true;
+		}
+		p += len;
+		if (*p == ',')
+			p++;
+	}
+	return false;
+}
+
+/*
+ * Whether a rejection is about the stream rather than the event: "no
+ * responders" for a subject the stream covers (it has no leader just now,
+ * during an election or while the node holding an R1 stream restarts, or
+ * it is missing), or any JetStream error but those that can only be about
+ * this one message.  Such an event is not to blame: it is treated like one
+ * without an answer (no attempt burnt, nothing overtakes it, the worker
+ * backs off and publishes again in id order).
+ */
+bool
+statehub_nats_stream_trouble(const StatehubPubEvent *ev)
+{
+	if (ev->outcome != STATEHUB_PUB_REJECTED || ev->err_code < 0)
+		return false;
+	if (ev->err_status == NATS_NO_RESPONDERS)
+		return stream_covers(ev->subject);
+	switch (ev->err_code)
+	{
+		case JS_MESSAGE_EXCEEDS_MAX_ERR_CODE:
+		case JS_STREAM_WRONG_LAST_SEQ_ERR_CODE:
+		case JS_STREAM_WRONG_LAST_MSG_ID_ERR_CODE:
+		case JS_STREAM_NOT_MATCH_ERR_CODE:
+			return false;		/* this message's own */
+		default:
+			return true;
+	}
 }
 
 /* Close the connection, if any.  Safe to call from an exit callback. */
