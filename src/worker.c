@@ -9,17 +9,20 @@
  * queued events sets the latch (shmem.c), poll_interval is the safety net.
  *
  * Batches are pipelined, so that JetStream stores one batch while the
- * database works on the next.  Each transaction, in worker_spi's order:
- * scan up to batch_size events oldest first (skipping those of the batch
- * in flight); collect the acks of the batch in flight, which came in while
- * we scanned; publish the new batch asynchronously (nats_client.c); then
- * settle the batch in flight: delete what was acked, reschedule what
- * JetStream rejected (exponential backoff; dead letter after max_attempts),
- * and commit.  The new batch is in flight until the next transaction
- * settles it.  Nothing is deleted before its ack, and a crash between
- * publish and the commit that settles only re-publishes events with their
- * Nats-Msg-Id, which the stream drops as duplicates; so the worker commits
- * with synchronous_commit off.  Connection-level failures (not connected,
+ * database works on the next.  Each round: one transaction, in worker_spi's
+ * order, scans up to batch_size events oldest first (skipping those of the
+ * batch in flight and of the answered one), moves rows that can never be
+ * published to the dead letters, settles the answered batch (delete what
+ * was acked, reschedule what JetStream rejected with exponential backoff,
+ * dead letter after max_attempts) and commits.  Then, with no transaction
+ * open, the worker collects the acks of the batch in flight, which came in
+ * meanwhile (it becomes the answered batch), and publishes the scanned
+ * batch asynchronously (nats_client.c): it is in flight until the next
+ * round.  No snapshot or lock is ever held while waiting for NATS.
+ * Nothing is deleted before its ack, and a crash between publish and the
+ * commit that settles only re-publishes events with their Nats-Msg-Id,
+ * which the stream drops as duplicates; so the worker commits with
+ * synchronous_commit off.  Connection-level failures (not connected,
  * acks timed out) burn no attempts: the events stay as they were, the
  * worker backs off; a batch in flight while the worker cannot publish is
  * settled on its own (what was acked is deleted).  (Measured with batches
@@ -40,7 +43,7 @@
  * had buffered after events lost with the old connection): a broken
  * connection is closed and replaced by a new one (nats_client.c).
  *
- * The batch in flight spans two transactions, and no lock is held between
+ * The batch in flight spans two rounds, and no lock is held between
  * them.  So each transaction checks that the outbox is still the table
  * scanned before (same relfilenode): one dropped and created again, or
  * truncated, may reuse the ids.  If it is not, the batch in flight is
@@ -57,7 +60,7 @@
  * can never appear.  Ids come from nextval in the writing transaction, so
  * a lower id than one already seen may still commit later.  After a scan
  * with snapshot S that saw ids up to M, (M + 1, X) is remembered as a
- * pending cursor, where X is the next transaction id read just after S was
+ * pending cursor, where X is the next (full) transaction id read just after S was
  * taken: every transaction that held an id below M + 1 at S had its xid
  * by then, so its xid is below X.  (Not S->xmax: that is only
  * latestCompletedXid + 1, and a transaction running at S may have an xid
@@ -65,17 +68,27 @@
  * transactions have ended and their rows were visible to that later scan,
  * so the cursor may move up to M + 1 (or as far as that scan actually saw
  * and handled, if less).
- * Events of the batch in flight count as seen and handled: the scans skip
- * them, and if their batch ends without an answer for some, the cursor
- * goes back down to the first of those.  Lowering the cursor never breaks
+ * Events of the batches in flight and answered count as seen and handled:
+ * the scans skip them, and if their batch ends without an answer for some,
+ * the cursor goes back down to the first of those.  Lowering the cursor never breaks
  * the invariant, and every later scan starts from it.
  * Ids a writer holds before it has an xid escape that argument, so the
  * cursor also goes back to 0 once a minute (FULL_SCAN_INTERVAL_MS); that
  * scan, and the one at start, find anything left behind.
  *
  * Retries.  The scan does not filter on next_attempt_at: rows that are not
- * due yet are seen, skipped, and their due time kept (retry_due_at).  When
- * the earliest one is due the cursor goes back to 0 for one pass.
+ * due yet are seen, skipped, and their due time kept (retry_due_at), and
+ * the cursor moves on past them.  When the earliest one is due, the round
+ * also runs the retry query, which finds the due rows below the cursor
+ * through the partial index on next_attempt_at, and puts them in front of
+ * the scanned rows (their ids are all below the cursor, so the batch stays
+ * in id order); the cursor does not move for them, so a large set of
+ * retrying rows costs each good event nothing but its share of the index.
+ *
+ * Errors.  A round is one unit of recovery (statehub_worker_main): an
+ * ERROR aborts its transaction, the batches are forgotten (the cursor goes
+ * back to their first events), the error is logged once, and the worker
+ * backs off and goes on.  Only SIGTERM or postmaster death end it.
  *
  * Every SQL statement is schema-qualified and the session's search_path is
  * pg_catalog.  Locks on the outbox and dead letters are only tried, never
@@ -161,10 +174,14 @@ typedef enum BatchResult
 	BATCH_SKIPPED				/* no extension, or the outbox is locked */
 } BatchResult;
 
+/*
+ * Full (epoch-qualified) xids: a pending cursor may wait across any number
+ * of xids (a multi-day outage), and 32-bit comparisons wrap after 2^31.
+ */
 typedef struct PendingCursor
 {
 	int64		value;
-	TransactionId next_xid;
+	FullTransactionId next_xid;
 } PendingCursor;
 
 /* One published row of a batch. */
@@ -208,6 +225,8 @@ static Oid	scanned_node = InvalidOid;	/* the outbox's relfilenode */
 
 /* Plans, prepared once and kept. */
 static SPIPlanPtr scan_plan = NULL;
+static SPIPlanPtr due_plan = NULL;
+static SPIPlanPtr next_due_plan = NULL;
 static SPIPlanPtr delete_ids_plan = NULL;
 static SPIPlanPtr delete_range_plan = NULL;
 static SPIPlanPtr retry_plan = NULL;
@@ -218,6 +237,7 @@ static StatehubWorkerStateCode state = STATEHUB_WORKER_NOT_RUNNING;
 static uint32 connection_settings = 0;
 static uint32 stream_settings = 0;
 static bool stream_checked = false;
+static bool stream_missing = false;	/* warned about it */
 static int	backoff_ms = 0;
 static TimestampTz next_attempt_at = 0;
 
@@ -507,16 +527,16 @@ ensure_connected(void)
 				sizeof(statehub_shared->stream));
 		statehub_shared->dedup_window_us = dedup_window_us;
 		SpinLockRelease(&statehub_shared->mutex);
-		if (missing)
-		{
+		if (missing && !stream_missing)
 			ereport(WARNING,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("NATS JetStream stream \"%s\" does not exist",
 							statehub_stream_name),
-					 errdetail("Events are retried and then become dead letters while no stream listens on their subjects."),
+					 errdetail("Events on its subjects wait in statehub_events.outbox until it exists."),
 					 errhint("Create the stream, or set statehub_events.stream_create to on.")));
+		if (missing)
 			record_error(error);
-		}
+		stream_missing = missing;
 		stream_checked = true;
 	}
 
@@ -554,6 +574,8 @@ static void
 prepare_plans(void)
 {
 	Oid			scan_types[2] = {INT8OID, INT8OID};
+	Oid			due_types[3] = {INT8OID, INT8OID, TIMESTAMPTZOID};
+	Oid			next_due_types[1] = {TIMESTAMPTZOID};
 	Oid			ids_types[1] = {INT8ARRAYOID};
 	Oid			range_types[2] = {INT8OID, INT8OID};
 	Oid			retry_types[4] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
@@ -568,6 +590,25 @@ prepare_plans(void)
 						" FROM statehub_events.outbox"
 						" WHERE id >= $1 ORDER BY id LIMIT $2",
 						2, scan_types);
+
+	/*
+	 * Due retries below the cursor, through the partial index on
+	 * next_attempt_at (the materialized CTE keeps the planner from walking
+	 * the primary key in id order instead), the first $2 by id.
+	 */
+	due_plan = prepare("WITH due AS MATERIALIZED ("
+					   "  SELECT id FROM statehub_events.outbox"
+					   "   WHERE next_attempt_at OPERATOR(pg_catalog.<=) $3"
+					   "     AND id OPERATOR(pg_catalog.<) $1)"
+					   " SELECT id, event_id, subject, payload, attempts, next_attempt_at"
+					   " FROM statehub_events.outbox"
+					   " WHERE id IN (SELECT id FROM due ORDER BY id LIMIT $2)"
+					   " ORDER BY id",
+					   3, due_types);
+	next_due_plan = prepare("SELECT pg_catalog.min(next_attempt_at)"
+							" FROM statehub_events.outbox"
+							" WHERE next_attempt_at OPERATOR(pg_catalog.>) $1",
+							1, next_due_types);
 	delete_ids_plan = prepare("DELETE FROM statehub_events.outbox"
 							  " WHERE id = ANY ($1)",
 							  1, ids_types);
@@ -753,6 +794,18 @@ delete_acked(int64 *ids, int n)
 	}
 }
 
+/*
+ * The full xid of xid, which is at or before next (and so within 2^31 of
+ * it: a snapshot's xmin is never older than that).
+ */
+static FullTransactionId
+full_xid_before(FullTransactionId next, TransactionId xid)
+{
+	uint32		behind = XidFromFullTransactionId(next) - xid;
+
+	return FullTransactionIdFromU64(U64FromFullTransactionId(next) - behind);
+}
+
 /* Delay before the retry that follows the attempts-th rejection. */
 static int64
 retry_delay_ms(int attempts)
@@ -772,7 +825,7 @@ retry_delay_ms(int attempts)
  * this is safe.
  */
 static void
-advance_cursor(TransactionId xmin, TransactionId next_xid, int64 max_id,
+advance_cursor(FullTransactionId xmin, FullTransactionId next_xid, int64 max_id,
 			   int64 covered)
 {
 	int			done = 0;
@@ -789,7 +842,7 @@ advance_cursor(TransactionId xmin, TransactionId next_xid, int64 max_id,
 	}
 
 	while (done < npending &&
-		   TransactionIdPrecedesOrEquals(pending[done].next_xid, xmin))
+		   FullTransactionIdPrecedesOrEquals(pending[done].next_xid, xmin))
 	{
 		int64		to = Min(pending[done].value, covered);
 
@@ -989,6 +1042,21 @@ unpublishable(const char *subject, text *payload, int64 max_body)
 	return NULL;
 }
 
+/* When the earliest retry after now is due (DT_NOEND: none). */
+static TimestampTz
+next_retry_due(TimestampTz now)
+{
+	Datum		values[1];
+	bool		isnull;
+	Datum		d;
+
+	values[0] = TimestampTzGetDatum(now);
+	if (SPI_execute_plan(next_due_plan, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for retries in statehub_events.outbox");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? DT_NOEND : DatumGetTimestampTz(d);
+}
+
 /*
  * One transaction of the pipeline (see the file header): scan the next
  * batch (unless scan is false) into scanned, settle the answered batch,
@@ -1000,8 +1068,8 @@ run_batch(bool scan)
 {
 	BatchResult result = BATCH_DONE;
 	Snapshot	snap;
-	TransactionId xmin = InvalidTransactionId;
-	TransactionId next_xid = InvalidTransactionId;
+	FullTransactionId xmin = InvalidFullTransactionId;
+	FullTransactionId next_xid = InvalidFullTransactionId;
 	Datum		values[4];
 	int			nrows = 0;
 	int			limit = 0;
@@ -1021,17 +1089,21 @@ run_batch(bool scan)
 	int			npoison = 0;
 	char		event_error[STATEHUB_ERROR_LEN];
 	TimestampTz now;
+	bool		retry_pass = false;
+	SPITupleTable *due_rows = NULL;
+	int			ndue = 0;
 
 	now = GetCurrentTimestamp();
-	if (scan &&
-		(now >= retry_due_at ||
-		 now - last_full_scan_at >= (int64) FULL_SCAN_INTERVAL_MS * 1000))
-	{
+	if (scan && now - last_full_scan_at >= (int64) FULL_SCAN_INTERVAL_MS * 1000)
 		cursor = 0;
-		retry_due_at = DT_NOEND;
-	}
 	if (scan && cursor == 0)
 		last_full_scan_at = now;
+	/* a scan from 0 sees every due retry itself */
+	if (scan && now >= retry_due_at)
+	{
+		retry_pass = cursor > 0;
+		retry_due_at = DT_NOEND;
+	}
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -1077,30 +1149,42 @@ run_batch(bool scan)
 	{
 		/* the scan runs read-only in exactly this snapshot */
 		snap = GetActiveSnapshot();
-		xmin = snap->xmin;
 		/* an upper bound of every xid assigned before the snapshot */
-		next_xid = ReadNextTransactionId();
+		next_xid = ReadNextFullTransactionId();
+		xmin = full_xid_before(next_xid, snap->xmin);
 
 		/* rows of the batches in flight and answered are seen and skipped */
 		limit = statehub_batch_size + nskip;
 		values[0] = Int64GetDatum(cursor);
 		values[1] = Int64GetDatum((int64) limit);
+		if (retry_pass)
+		{
+			values[2] = TimestampTzGetDatum(now);
+			if (SPI_execute_plan(due_plan, values, NULL, true, 0) != SPI_OK_SELECT)
+				elog(ERROR, "could not look for due retries in statehub_events.outbox");
+			due_rows = SPI_tuptable;
+			ndue = (int) SPI_processed;
+			retry_due_at = (ndue == limit) ? now : next_retry_due(now);
+		}
 		if (SPI_execute_plan(scan_plan, values, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not scan statehub_events.outbox");
 		nrows = (int) SPI_processed;
 
 		next = spare_batch();
-		next->rows = MemoryContextAlloc(next->cxt, sizeof(BatchRow) * Max(nrows, 1));
+		next->rows = MemoryContextAlloc(next->cxt,
+										sizeof(BatchRow) * Max(ndue + nrows, 1));
 		next->events = MemoryContextAllocZero(next->cxt,
-											  sizeof(StatehubPubEvent) * Max(nrows, 1));
+											  sizeof(StatehubPubEvent) * Max(ndue + nrows, 1));
 		max_body = statehub_nats_max_body();
 		if (nrows == limit)
 			result = BATCH_FULL;
 
-		for (i = 0; i < nrows; i++)
+		/* the due retries first: all below the cursor, so in id order */
+		for (i = 0; i < ndue + nrows; i++)
 		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
+			SPITupleTable *tt = i < ndue ? due_rows : SPI_tuptable;
+			HeapTuple	tup = tt->vals[i < ndue ? i : i - ndue];
+			TupleDesc	desc = tt->tupdesc;
 			bool		isnull;
 			int64		id;
 			int32		attempts;
@@ -1124,7 +1208,8 @@ run_batch(bool scan)
 				(answered != NULL && skip_answered < answered->n &&
 				 answered->rows[skip_answered].id == id))
 			{
-				max_id = id;
+				if (i >= ndue)
+					max_id = id;
 				continue;
 			}
 
@@ -1132,10 +1217,13 @@ run_batch(bool scan)
 			if (taken == statehub_batch_size)
 			{
 				result = BATCH_FULL;
+				if (i < ndue)
+					retry_due_at = now;
 				break;
 			}
 			taken++;
-			max_id = id;
+			if (i >= ndue)
+				max_id = id;
 			attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
 
 			due = SPI_getbinval(tup, desc, 6, &isnull);
@@ -1261,6 +1349,26 @@ collect_in_flight(char *error, size_t errlen)
 	ok = statehub_nats_publish_wait(in_flight->events, in_flight->n,
 									in_flight_wait_ms(),
 									error, errlen) == STATEHUB_NATS_OK;
+
+	/*
+	 * Trouble of the stream, not of the event: like no answer at all.  The
+	 * stream is looked up again before anything more goes out.
+	 */
+	for (i = 0; i < in_flight->n; i++)
+	{
+		StatehubPubEvent *ev = &in_flight->events[i];
+
+		if (statehub_nats_stream_trouble(ev))
+		{
+			if (ok)
+				snprintf(error, errlen, "stream \"%s\" did not take an event: %s",
+						 statehub_stream_name, ev->error);
+			ok = false;
+			stream_checked = false;
+			ev->outcome = STATEHUB_PUB_PENDING;
+		}
+	}
+
 	for (i = 0; i < in_flight->n; i++)
 	{
 		if (in_flight->events[i].outcome == STATEHUB_PUB_PENDING)
