@@ -19,7 +19,6 @@ use StatehubTest;
 use Test::More;
 
 my $node = StatehubTest::new_node('insert');    # no NATS: events stay queued
-my $started = $node->safe_psql('postgres', 'SELECT pg_catalog.pg_postmaster_start_time()');
 
 $node->safe_psql('postgres', q{
 ALTER TABLE statehub_events.outbox
@@ -35,9 +34,9 @@ SELECT statehub_events.emit('org.statehub.test.big',
 	isnt($rc, 0, "$case: an oversized emit() fails");
 	like($err, qr/violates check constraint "payload_small"/,
 		"$case: with the constraint's error");
+	unlike(slurp_file($node->logfile), qr/terminated by signal/,
+		"$case: no backend crashed");
 	is($node->safe_psql('postgres', 'SELECT 1'), '1', "$case: the server is up");
-	is($node->safe_psql('postgres', 'SELECT pg_catalog.pg_postmaster_start_time()'),
-		$started, "$case: and did not restart");
 	return;
 }
 
@@ -58,7 +57,6 @@ SELECT pg_catalog.count(*) FROM statehub_events.outbox
 	'1', 'a small event is queued and found through the expression index');
 is($node->safe_psql('postgres', 'SELECT pg_catalog.count(*) FROM statehub_events.outbox'),
 	'1', 'only the small event is queued');
-unlike(slurp_file($node->logfile), qr/terminated by signal/, 'no backend crashed');
 
 $node->stop;
 done_testing();
