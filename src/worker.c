@@ -52,29 +52,10 @@
  * deleted, the cursor goes back to its first event, and what the stream
  * already has is dropped when it is published again.
  *
- * The scan cursor.  A queue table that churns is full of dead index
- * entries whenever a long transaction holds vacuum back; a scan from the
- * start of the primary key would wade through all of them on every batch.
- * So the worker scans "WHERE id >= cursor" and keeps the cursor in memory
- * with this invariant: every id below it was seen by an earlier scan or
- * can never appear.  Ids come from nextval in the writing transaction, so
- * a lower id than one already seen may still commit later.  After a scan
- * with snapshot S that saw ids up to M, (M + 1, X) is remembered as a
- * pending cursor, where X is the next (full) transaction id read just after S was
- * taken: every transaction that held an id below M + 1 at S had its xid
- * by then, so its xid is below X.  (Not S->xmax: that is only
- * latestCompletedXid + 1, and a transaction running at S may have an xid
- * above it.)  Once a later scan's snapshot has xmin >= X, all those
- * transactions have ended and their rows were visible to that later scan,
- * so the cursor may move up to M + 1 (or as far as that scan actually saw
- * and handled, if less).
- * Events of the batches in flight and answered count as seen and handled:
- * the scans skip them, and if their batch ends without an answer for some,
- * the cursor goes back down to the first of those.  Lowering the cursor never breaks
- * the invariant, and every later scan starts from it.
- * Ids a writer holds before it has an xid escape that argument, so the
- * cursor also goes back to 0 once a minute (FULL_SCAN_INTERVAL_MS); that
- * scan, and the one at start, find anything left behind.
+ * The scan cursor (cursor.c) says where each scan starts; its invariant,
+ * stated and kept there, is that every id below it was seen and handled or
+ * can never appear.  Events of the batches in flight and answered count as
+ * handled; an event that ends without an answer lowers the cursor to it.
  *
  * Retries.  The scan does not filter on next_attempt_at: rows that are not
  * due yet are seen, skipped, and their due time kept (retry_due_at), and
@@ -129,16 +110,11 @@
 #include "utils/uuid.h"
 #include "utils/wait_event.h"
 
+#include "cursor.h"
 #include "envelope.h"
 #include "nats_client.h"
 #include "shmem.h"
 #include "statehub_events.h"
-
-/* Back to the start of the outbox at least this often. */
-#define FULL_SCAN_INTERVAL_MS 60000
-
-/* Pending cursors kept; more are merged into the last one. */
-#define MAX_PENDING_CURSORS 64
 
 /*
  * A published event that was the first without an answer when the
@@ -174,16 +150,6 @@ typedef enum BatchResult
 	BATCH_SKIPPED				/* no extension, or the outbox is locked */
 } BatchResult;
 
-/*
- * Full (epoch-qualified) xids: a pending cursor may wait across any number
- * of xids (a multi-day outage), and 32-bit comparisons wrap after 2^31.
- */
-typedef struct PendingCursor
-{
-	int64		value;
-	FullTransactionId next_xid;
-} PendingCursor;
-
 /* One published row of a batch. */
 typedef struct BatchRow
 {
@@ -215,11 +181,6 @@ typedef struct Settled
 	int64		unanswered;		/* lowest id without an answer, or none */
 } Settled;
 
-/* The cursor (see the header comment). */
-static int64 cursor = 0;
-static PendingCursor pending[MAX_PENDING_CURSORS];
-static int	npending = 0;
-static TimestampTz last_full_scan_at = 0;
 static TimestampTz retry_due_at = DT_NOEND;
 static Oid	scanned_node = InvalidOid;	/* the outbox's relfilenode */
 
@@ -794,18 +755,6 @@ delete_acked(int64 *ids, int n)
 	}
 }
 
-/*
- * The full xid of xid, which is at or before next (and so within 2^31 of
- * it: a snapshot's xmin is never older than that).
- */
-static FullTransactionId
-full_xid_before(FullTransactionId next, TransactionId xid)
-{
-	uint32		behind = XidFromFullTransactionId(next) - xid;
-
-	return FullTransactionIdFromU64(U64FromFullTransactionId(next) - behind);
-}
-
 /* Delay before the retry that follows the attempts-th rejection. */
 static int64
 retry_delay_ms(int attempts)
@@ -816,47 +765,6 @@ retry_delay_ms(int attempts)
 	for (i = 1; i < attempts && delay < statehub_retry_backoff_max; i++)
 		delay *= 2;
 	return Min(delay, (int64) statehub_retry_backoff_max);
-}
-
-/*
- * Move the cursor after a scan that started at the cursor with a snapshot
- * of this xmin, read next_xid just after it, saw rows up to max_id (-1:
- * none) and handled every row below covered.  See the file header for why
- * this is safe.
- */
-static void
-advance_cursor(FullTransactionId xmin, FullTransactionId next_xid, int64 max_id,
-			   int64 covered)
-{
-	int			done = 0;
-
-	/* remember what this scan saw; with no writer running it is final */
-	if (max_id >= 0 && max_id + 1 > cursor &&
-		(npending == 0 || pending[npending - 1].value < max_id + 1))
-	{
-		if (npending == MAX_PENDING_CURSORS)
-			npending--;			/* merge: a later xid only waits longer */
-		pending[npending].value = max_id + 1;
-		pending[npending].next_xid = next_xid;
-		npending++;
-	}
-
-	while (done < npending &&
-		   FullTransactionIdPrecedesOrEquals(pending[done].next_xid, xmin))
-	{
-		int64		to = Min(pending[done].value, covered);
-
-		if (to > cursor)
-			cursor = to;
-		if (pending[done].value > covered)
-			break;
-		done++;
-	}
-	if (done > 0)
-	{
-		memmove(pending, pending + done, sizeof(PendingCursor) * (npending - done));
-		npending -= done;
-	}
 }
 
 /* A batch that is none of the pipeline's, emptied for the next scan. */
@@ -894,7 +802,7 @@ drop_batch(Batch **b)
 	if (*b == NULL)
 		return;
 	if ((*b)->n > 0)
-		cursor = Min(cursor, (*b)->rows[0].id);
+		statehub_cursor_lower((*b)->rows[0].id);
 	MemoryContextReset((*b)->cxt);
 	*b = NULL;
 }
@@ -1058,6 +966,147 @@ next_retry_due(TimestampTz now)
 }
 
 /*
+ * Whether the event at id is in the batch in flight or the answered one:
+ * seen, and settled by this round or the next.  The ids asked about come
+ * in ascending order, and *pos_flight / *pos_answered (start at 0) follow
+ * them through the two batches, which are each in id order.
+ */
+static bool
+in_pipeline(int64 id, int *pos_flight, int *pos_answered)
+{
+	while (in_flight != NULL && *pos_flight < in_flight->n &&
+		   in_flight->rows[*pos_flight].id < id)
+		(*pos_flight)++;
+	while (answered != NULL && *pos_answered < answered->n &&
+		   answered->rows[*pos_answered].id < id)
+		(*pos_answered)++;
+	return (in_flight != NULL && *pos_flight < in_flight->n &&
+			in_flight->rows[*pos_flight].id == id) ||
+		(answered != NULL && *pos_answered < answered->n &&
+		 answered->rows[*pos_answered].id == id);
+}
+
+/*
+ * Scan the next batch into scanned: the due retries below from (when
+ * retry_pass), then up to batch_size rows from from on, oldest first,
+ * skipping the pipeline's rows and those not due yet, and putting rows that
+ * can never be published into dead (counted in *npoison).  *max_id is the
+ * highest id the scan from from saw (-1: none); BATCH_FULL when rows may be
+ * left that it did not see.  Inside the round's transaction, in its
+ * snapshot.
+ */
+static BatchResult
+scan_batch(int64 from, bool retry_pass, int nskip, TimestampTz now,
+		   RowUpdates *dead, int *npoison, int64 *max_id)
+{
+	BatchResult result = BATCH_DONE;
+	Datum		values[3];
+	int			limit = statehub_batch_size + nskip;
+	SPITupleTable *due_rows = NULL;
+	int			ndue = 0;
+	int			nrows;
+	int			taken = 0;
+	int			pos_flight = 0;
+	int			pos_answered = 0;
+	int64		max_body = statehub_nats_max_body();
+	Batch	   *next;
+	int			i;
+
+	/* rows of the batches in flight and answered are seen and skipped */
+	values[0] = Int64GetDatum(from);
+	values[1] = Int64GetDatum((int64) limit);
+	if (retry_pass)
+	{
+		values[2] = TimestampTzGetDatum(now);
+		if (SPI_execute_plan(due_plan, values, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not look for due retries in statehub_events.outbox");
+		due_rows = SPI_tuptable;
+		ndue = (int) SPI_processed;
+		retry_due_at = (ndue == limit) ? now : next_retry_due(now);
+	}
+	if (SPI_execute_plan(scan_plan, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not scan statehub_events.outbox");
+	nrows = (int) SPI_processed;
+	if (nrows == limit)
+		result = BATCH_FULL;
+
+	next = spare_batch();
+	next->rows = MemoryContextAlloc(next->cxt,
+									sizeof(BatchRow) * Max(ndue + nrows, 1));
+	next->events = MemoryContextAllocZero(next->cxt,
+										  sizeof(StatehubPubEvent) * Max(ndue + nrows, 1));
+	scanned = next;
+
+	/* the due retries first: all below from, so in id order */
+	for (i = 0; i < ndue + nrows; i++)
+	{
+		SPITupleTable *tt = i < ndue ? due_rows : SPI_tuptable;
+		HeapTuple	tup = tt->vals[i < ndue ? i : i - ndue];
+		TupleDesc	desc = tt->tupdesc;
+		bool		isnull;
+		int64		id;
+		int32		attempts;
+		text	   *payload;
+		char	   *subject;
+		char	   *reason;
+		Datum		due;
+		StatehubPubEvent *ev;
+
+		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		if (in_pipeline(id, &pos_flight, &pos_answered))
+		{
+			if (i >= ndue)
+				*max_id = id;
+			continue;
+		}
+
+		/* a full batch already: what follows was not seen */
+		if (taken == statehub_batch_size)
+		{
+			result = BATCH_FULL;
+			if (i < ndue)
+				retry_due_at = now;
+			break;
+		}
+		taken++;
+		if (i >= ndue)
+			*max_id = id;
+		attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+
+		due = SPI_getbinval(tup, desc, 6, &isnull);
+		if (!isnull && DatumGetTimestampTz(due) > now)
+		{
+			/* not due: seen, and remembered for the retry query */
+			retry_due_at = Min(retry_due_at, DatumGetTimestampTz(due));
+			continue;
+		}
+
+		payload = DatumGetTextPP(SPI_getbinval(tup, desc, 4, &isnull));
+		subject = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
+		reason = unpublishable(subject, payload, max_body);
+		if (reason != NULL)
+		{
+			add_update(dead, id, attempts, reason, now);
+			(*npoison)++;
+			continue;
+		}
+
+		next->rows[next->n].id = id;
+		next->rows[next->n].attempts = attempts;
+		ev = &next->events[next->n];
+		/* cnats copies the payload, but it is read after SPI_finish */
+		ev->payload_len = VARSIZE_ANY_EXHDR(payload);
+		ev->payload = MemoryContextAlloc(next->cxt, Max(ev->payload_len, 1));
+		memcpy((char *) ev->payload, VARDATA_ANY(payload), ev->payload_len);
+		ev->subject = MemoryContextStrdup(next->cxt, subject);
+		statehub_format_uuid(DatumGetUUIDP(SPI_getbinval(tup, desc, 2, &isnull))->data,
+							 ev->msg_id);
+		next->n++;
+	}
+	return result;
+}
+
+/*
  * One transaction of the pipeline (see the file header): scan the next
  * batch (unless scan is false) into scanned, settle the answered batch,
  * and commit.  Publishing and waiting for acks happen outside, after the
@@ -1067,20 +1116,10 @@ static BatchResult
 run_batch(bool scan)
 {
 	BatchResult result = BATCH_DONE;
-	Snapshot	snap;
-	FullTransactionId xmin = InvalidFullTransactionId;
-	FullTransactionId next_xid = InvalidFullTransactionId;
-	Datum		values[4];
-	int			nrows = 0;
-	int			limit = 0;
-	int			i;
-	int			skip_flight = 0;
-	int			skip_answered = 0;
+	StatehubScanXids xids;
+	int64		from = 0;
 	int			nskip;
-	int			taken = 0;
 	Oid			outbox_node = InvalidOid;
-	Batch	   *next = NULL;
-	int64		max_body;
 	int64		max_id = -1;
 	int64		covered = PG_INT64_MAX;
 	Settled		done;
@@ -1090,18 +1129,14 @@ run_batch(bool scan)
 	char		event_error[STATEHUB_ERROR_LEN];
 	TimestampTz now;
 	bool		retry_pass = false;
-	SPITupleTable *due_rows = NULL;
-	int			ndue = 0;
 
 	now = GetCurrentTimestamp();
-	if (scan && now - last_full_scan_at >= (int64) FULL_SCAN_INTERVAL_MS * 1000)
-		cursor = 0;
-	if (scan && cursor == 0)
-		last_full_scan_at = now;
-	/* a scan from 0 sees every due retry itself */
+	if (scan)
+		from = statehub_cursor_get(now);
 	if (scan && now >= retry_due_at)
 	{
-		retry_pass = cursor > 0;
+		/* a scan from 0 sees every due retry itself */
+		retry_pass = from > 0;
 		retry_due_at = DT_NOEND;
 	}
 
@@ -1130,8 +1165,9 @@ run_batch(bool scan)
 		 */
 		forget_in_flight();
 		drop_batch(&answered);
-		cursor = 0;
-		npending = 0;
+		statehub_cursor_restart();
+		from = 0;
+		retry_pass = false;
 		scanned_node = outbox_node;
 	}
 	prepare_plans();
@@ -1148,114 +1184,9 @@ run_batch(bool scan)
 	if (scan)
 	{
 		/* the scan runs read-only in exactly this snapshot */
-		snap = GetActiveSnapshot();
-		/* an upper bound of every xid assigned before the snapshot */
-		next_xid = ReadNextFullTransactionId();
-		xmin = full_xid_before(next_xid, snap->xmin);
-
-		/* rows of the batches in flight and answered are seen and skipped */
-		limit = statehub_batch_size + nskip;
-		values[0] = Int64GetDatum(cursor);
-		values[1] = Int64GetDatum((int64) limit);
-		if (retry_pass)
-		{
-			values[2] = TimestampTzGetDatum(now);
-			if (SPI_execute_plan(due_plan, values, NULL, true, 0) != SPI_OK_SELECT)
-				elog(ERROR, "could not look for due retries in statehub_events.outbox");
-			due_rows = SPI_tuptable;
-			ndue = (int) SPI_processed;
-			retry_due_at = (ndue == limit) ? now : next_retry_due(now);
-		}
-		if (SPI_execute_plan(scan_plan, values, NULL, true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not scan statehub_events.outbox");
-		nrows = (int) SPI_processed;
-
-		next = spare_batch();
-		next->rows = MemoryContextAlloc(next->cxt,
-										sizeof(BatchRow) * Max(ndue + nrows, 1));
-		next->events = MemoryContextAllocZero(next->cxt,
-											  sizeof(StatehubPubEvent) * Max(ndue + nrows, 1));
-		max_body = statehub_nats_max_body();
-		if (nrows == limit)
-			result = BATCH_FULL;
-
-		/* the due retries first: all below the cursor, so in id order */
-		for (i = 0; i < ndue + nrows; i++)
-		{
-			SPITupleTable *tt = i < ndue ? due_rows : SPI_tuptable;
-			HeapTuple	tup = tt->vals[i < ndue ? i : i - ndue];
-			TupleDesc	desc = tt->tupdesc;
-			bool		isnull;
-			int64		id;
-			int32		attempts;
-			text	   *payload;
-			char	   *subject;
-			char	   *reason;
-			Datum		due;
-			StatehubPubEvent *ev;
-
-			id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-
-			/* in flight or answered: seen, and settled by this or the next */
-			while (in_flight != NULL && skip_flight < in_flight->n &&
-				   in_flight->rows[skip_flight].id < id)
-				skip_flight++;
-			while (answered != NULL && skip_answered < answered->n &&
-				   answered->rows[skip_answered].id < id)
-				skip_answered++;
-			if ((in_flight != NULL && skip_flight < in_flight->n &&
-				 in_flight->rows[skip_flight].id == id) ||
-				(answered != NULL && skip_answered < answered->n &&
-				 answered->rows[skip_answered].id == id))
-			{
-				if (i >= ndue)
-					max_id = id;
-				continue;
-			}
-
-			/* a full batch already: what follows was not seen */
-			if (taken == statehub_batch_size)
-			{
-				result = BATCH_FULL;
-				if (i < ndue)
-					retry_due_at = now;
-				break;
-			}
-			taken++;
-			if (i >= ndue)
-				max_id = id;
-			attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
-
-			due = SPI_getbinval(tup, desc, 6, &isnull);
-			if (!isnull && DatumGetTimestampTz(due) > now)
-			{
-				/* not due: seen, and remembered for the retry pass */
-				retry_due_at = Min(retry_due_at, DatumGetTimestampTz(due));
-				continue;
-			}
-
-			payload = DatumGetTextPP(SPI_getbinval(tup, desc, 4, &isnull));
-			subject = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
-			reason = unpublishable(subject, payload, max_body);
-			if (reason != NULL)
-			{
-				add_update(&dead, id, attempts, reason, now);
-				npoison++;
-				continue;
-			}
-
-			next->rows[next->n].id = id;
-			next->rows[next->n].attempts = attempts;
-			ev = &next->events[next->n];
-			/* cnats copies the payload, but it is read after SPI_finish */
-			ev->payload_len = VARSIZE_ANY_EXHDR(payload);
-			ev->payload = MemoryContextAlloc(next->cxt, Max(ev->payload_len, 1));
-			memcpy((char *) ev->payload, VARDATA_ANY(payload), ev->payload_len);
-			ev->subject = MemoryContextStrdup(next->cxt, subject);
-			statehub_format_uuid(DatumGetUUIDP(SPI_getbinval(tup, desc, 2, &isnull))->data,
-								 ev->msg_id);
-			next->n++;
-		}
+		statehub_cursor_scan_xids(GetActiveSnapshot(), &xids);
+		result = scan_batch(from, retry_pass, nskip, now, &dead, &npoison,
+							&max_id);
 	}
 
 	/* the answered batch: its acks were collected after the last commit */
@@ -1287,15 +1218,16 @@ run_batch(bool scan)
 		MemoryContextReset(answered->cxt);
 		answered = NULL;
 	}
-	if (next != NULL && next->n > 0)
-		scanned = next;
-	else if (next != NULL)
-		MemoryContextReset(next->cxt);
+	if (scanned != NULL && scanned->n == 0)
+	{
+		MemoryContextReset(scanned->cxt);
+		scanned = NULL;
+	}
 
 	if (scan)
-		advance_cursor(xmin, next_xid, max_id, covered);
+		statehub_cursor_advance(&xids, max_id, covered);
 	/* a batch that had moved the cursor past it and got no answer */
-	cursor = Min(cursor, done.unanswered);
+	statehub_cursor_lower(done.unanswered);
 
 	/* what other processes see */
 	SpinLockAcquire(&statehub_shared->mutex);
@@ -1323,7 +1255,7 @@ run_batch(bool scan)
 	 * round is news again.  Not merely a transaction that went through: a
 	 * round that fails every other time must not log every time.
 	 */
-	if (done.nacked > 0 || (scan && nrows == 0))
+	if (done.nacked > 0 || (scan && max_id < 0))
 	{
 		last_round_error[0] = '\0';
 		error_backoff_ms = 0;
@@ -1385,7 +1317,7 @@ collect_in_flight(char *error, size_t errlen)
 	else
 	{
 		/* below the cursor at once: everything after it goes out again */
-		cursor = Min(cursor, first);
+		statehub_cursor_lower(first);
 		if (!ok && !statehub_nats_connected())
 		{
 			if (first == suspect_id)
