@@ -159,9 +159,9 @@ typedef struct BatchRow
 
 /*
  * The events one scan took for publishing, rows[i] published as events[i],
- * in id order.  Two of these alternate: the batch in flight (published by
- * one transaction, settled by the next) and the one the next scan fills.
- * Everything lives in cxt, reset once the batch is settled.
+ * in id order.  Three of these take turns: scanned, in flight and
+ * answered (see below).  Everything lives in cxt, reset once the batch is
+ * settled or dropped.
  */
 typedef struct Batch
 {
@@ -221,6 +221,9 @@ static Batch *answered = NULL;
 static int64 suspect_id = -1;
 static int	suspect_losses = 0;
 static int64 poison_id = -1;	/* to dead-letter when settled */
+
+/* The last scan was full: the next round must scan again. */
+static bool scan_more = true;
 
 /* Errors of rounds: back-off, and the last one logged (logged once). */
 static int	error_backoff_ms = 0;
@@ -1391,12 +1394,27 @@ worker_round(void)
 		return wait;
 	}
 
-	/* cleared before the scan: a commit after this wakes us again */
-	pg_atomic_write_u32(&statehub_shared->wake_pending, 0);
+	if (in_flight != NULL && answered == NULL && !scan_more &&
+		pg_atomic_read_u32(&statehub_shared->wake_pending) == 0 &&
+		GetCurrentTimestamp() < retry_due_at)
+	{
+		/*
+		 * Only acks to wait for: the last scan saw everything, nothing was
+		 * committed since, no retry is due and nothing is answered.  No
+		 * transaction: collect them at once, and settle them next round.
+		 */
+		result = BATCH_DONE;
+	}
+	else
+	{
+		/* cleared before the scan: a commit after this wakes us again */
+		pg_atomic_write_u32(&statehub_shared->wake_pending, 0);
 
-	result = run_batch(true);
-	if (result == BATCH_SKIPPED)
-		return statehub_poll_interval;
+		result = run_batch(true);
+		if (result == BATCH_SKIPPED)
+			return statehub_poll_interval;
+		scan_more = (result == BATCH_FULL);
+	}
 
 	/* the acks of the batch in flight came in while we scanned and settled */
 	pgstat_report_activity(STATE_RUNNING, "waiting for NATS JetStream");
@@ -1436,6 +1454,7 @@ static long
 round_failed(ErrorData *edata)
 {
 	statehub_nats_abandon_batch();
+	scan_more = true;
 	drop_batch(&scanned);
 	drop_batch(&in_flight);
 	drop_batch(&answered);
