@@ -119,6 +119,14 @@ CREATE TABLE statehub_events.outbox (
 
 ALTER SEQUENCE statehub_events.outbox_id_seq OWNED BY statehub_events.outbox.id;
 
+/*
+ * Delivery worker (issue 9): the worker finds due retries below its scan
+ * cursor through this index instead of rescanning the outbox from its
+ * start; only rescheduled rows have next_attempt_at, so it stays small.
+ */
+CREATE INDEX outbox_next_attempt_at_idx ON statehub_events.outbox (next_attempt_at)
+    WHERE next_attempt_at IS NOT NULL;
+
 COMMENT ON TABLE statehub_events.outbox IS
 'Events queued by committed transactions, waiting for delivery to NATS JetStream; payload is the exact published body.';
 COMMENT ON COLUMN statehub_events.outbox.id IS 'Drain order (oldest first).';
@@ -259,13 +267,12 @@ SELECT w.pid,
        w.last_error_at,
        w.last_publish_at,
        w.dedup_window,
-       COALESCE(q.oldest_retry_enqueued_at < pg_catalog.now() - w.dedup_window,
+       COALESCE(q.oldest_enqueued_at < pg_catalog.now() - w.dedup_window,
                 false) AS dedup_window_exceeded
   FROM statehub_events.worker_status() w,
        LATERAL (SELECT pg_catalog.count(*) AS queued,
                        pg_catalog.min(o.enqueued_at) AS oldest_enqueued_at,
-                       pg_catalog.count(*) FILTER (WHERE o.attempts > 0) AS retrying,
-                       pg_catalog.min(o.enqueued_at) FILTER (WHERE o.attempts > 0) AS oldest_retry_enqueued_at
+                       pg_catalog.count(*) FILTER (WHERE o.attempts > 0) AS retrying
                   FROM statehub_events.outbox o) q,
        LATERAL (SELECT pg_catalog.count(*) AS dead_letters
                   FROM statehub_events.dead_letter) d;

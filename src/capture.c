@@ -65,10 +65,16 @@ typedef struct CaptureEntry
 } CaptureEntry;
 
 static HTAB *capture_cache = NULL;
+static bool cache_has_invalid = false;	/* entries to free before the next use */
 static bool wakeup_armed = false;
 static bool xact_callback_registered = false;
 
-/* Forget the entries of an invalidated table (all of them for InvalidOid). */
+/*
+ * Mark the entries of an invalidated table (all of them for InvalidOid)
+ * invalid.  Only marked: the callback may run while an entry is being
+ * built; the next get_entry frees them (a dropped trigger's entry is never
+ * looked up again, so it must not wait for that).
+ */
 static void
 capture_relcache_callback(Datum arg, Oid relid)
 {
@@ -81,7 +87,29 @@ capture_relcache_callback(Datum arg, Oid relid)
 	while ((entry = hash_seq_search(&status)) != NULL)
 	{
 		if (relid == InvalidOid || entry->relid == relid)
+		{
 			entry->valid = false;
+			cache_has_invalid = true;
+		}
+	}
+}
+
+/* Free every invalid entry; live triggers' entries are built again on use. */
+static void
+free_invalid_entries(void)
+{
+	HASH_SEQ_STATUS status;
+	CaptureEntry *entry;
+
+	cache_has_invalid = false;
+	hash_seq_init(&status, capture_cache);
+	while ((entry = hash_seq_search(&status)) != NULL)
+	{
+		if (entry->valid)
+			continue;
+		if (entry->mcxt != NULL)
+			MemoryContextDelete(entry->mcxt);
+		(void) hash_search(capture_cache, &entry->tgoid, HASH_REMOVE, NULL);
 	}
 }
 
@@ -179,7 +207,6 @@ build_entry(CaptureEntry *entry, Trigger *trigger, Relation rel)
 	}
 
 	MemoryContextSwitchTo(old);
-	entry->valid = true;
 }
 
 static CaptureEntry *
@@ -191,14 +218,21 @@ get_entry(Trigger *trigger, Relation rel)
 	if (capture_cache == NULL)
 		init_capture_cache();
 
+	if (cache_has_invalid)
+		free_invalid_entries();
+
 	entry = hash_search(capture_cache, &trigger->tgoid, HASH_ENTER, &found);
 	if (!found)
-	{
 		entry->mcxt = NULL;
-		entry->valid = false;
-	}
-	if (!entry->valid)
+	if (!found || !entry->valid)
 	{
+		/*
+		 * Valid from before the build on: an invalidation that arrives while
+		 * it runs (its catalog lookups process them) marks it invalid again,
+		 * and the next call builds it anew.  This call uses what it got.
+		 */
+		entry->relid = RelationGetRelid(rel);
+		entry->valid = true;
 		PG_TRY();
 		{
 			build_entry(entry, trigger, rel);
@@ -206,6 +240,7 @@ get_entry(Trigger *trigger, Relation rel)
 		PG_CATCH();
 		{
 			entry->valid = false;
+			cache_has_invalid = true;
 			PG_RE_THROW();
 		}
 		PG_END_TRY();

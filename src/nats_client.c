@@ -23,7 +23,22 @@
  *	  thread.  Every call that may start a cnats thread runs with all
  *	  signals blocked (see BLOCK_SIGNALS), so the threads inherit a fully
  *	  blocked mask and the kernel delivers SIGTERM, SIGHUP and the latch
- *	  signal to the main thread only.
+ *	  signal to the main thread only.  Signals are blocked around those
+ *	  calls only, never across a wait.
+ *
+ * Waits.  The worker never sits in one long blocking cnats call: SIGTERM
+ * must stop it within a second and postmaster death must be noticed as
+ * fast, whatever NATS does.  Waits for acks and flushes are loops of
+ * cnats calls of at most WAIT_SLICE_MS, each reported as a wait event and
+ * followed by CHECK_FOR_INTERRUPTS and a postmaster check (wait_slice_end).
+ * Connecting and looking up the stream cannot be sliced (cnats waits up to
+ * its timeout per server, and a request up to publish_timeout), so they run
+ * on a helper thread (run_on_helper) that this file starts with every
+ * signal blocked, while the worker waits on its latch in slices.  The
+ * helper calls nothing of PostgreSQL: it takes its inputs ready made and
+ * copies cnats' (thread-local) last error text back.  A helper abandoned by
+ * an ERROR or a signal keeps its results until the next call collects and
+ * frees them; at process exit it simply dies with the process.
  *
  * Batches.  statehub_nats_publish_async publishes every event of a batch
  * with js_PublishMsgAsync and a Nats-Msg-Id header (the event id) and
@@ -55,8 +70,15 @@
 
 #include "common/hashfn.h"
 #include "lib/stringinfo.h"
-#include "storage/latch.h"
 #include "miscadmin.h"
+#include "pgstat.h"
+#include "port/atomics.h"
+#include "postmaster/postmaster.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/pmsignal.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
 
 #include "nats_client.h"
 #include "statehub_events.h"
@@ -67,10 +89,22 @@
 /* Upper bound of async publishes in flight; batch_size's maximum. */
 #define MAX_PENDING_PUBLISHES 100000
 
+/*
+ * JetStream errors that are about one message, not the stream
+ * (nats-server's errors.json).
+ */
+#define JS_MESSAGE_EXCEEDS_MAX_ERR_CODE 10054
+#define JS_STREAM_NOT_MATCH_ERR_CODE 10060
+#define JS_STREAM_WRONG_LAST_MSG_ID_ERR_CODE 10070
+#define JS_STREAM_WRONG_LAST_SEQ_ERR_CODE 10071
+
 /* How long to wait for ack handlers already running when a batch gave up. */
 #define QUIESCE_TIMEOUT_MS 2000
 
 #define MAX_SERVERS 32
+
+/* Longest single blocking cnats call in the worker's own thread. */
+#define WAIT_SLICE_MS 100
 
 static natsConnection *conn = NULL;
 static jsCtx *js = NULL;
@@ -88,6 +122,66 @@ static int *batch_slots = NULL;
 static uint32 batch_nslots = 0;		/* a power of two */
 
 static void batch_end(void);
+static natsStatus wait_for_acks(int timeout_ms);
+
+/* What the helper thread does (see the file header). */
+typedef enum HelperJob
+{
+	HELPER_CONNECT,				/* connect, open a JetStream context */
+	HELPER_STREAM				/* look the stream up, create it if allowed */
+} HelperJob;
+
+/*
+ * The helper thread's inputs and results.  The worker fills the inputs,
+ * starts the thread and reads the results once done is set; between the
+ * two only the helper touches the struct.  Inputs are copies the helper
+ * owns, so an abandoned helper never reads memory the worker freed.
+ */
+typedef struct Helper
+{
+	pthread_t	thread;
+	bool		started;		/* a thread to join */
+	bool		abandoned;		/* results nobody collected: free them */
+	pg_atomic_uint32 done;		/* set by the helper as its last step */
+	Latch	   *latch;			/* the worker's, set when done */
+	HelperJob	job;
+
+	/* HELPER_CONNECT */
+	natsOptions *opts;
+	int			js_wait_ms;
+	natsConnection *conn;
+	jsCtx	   *js;
+
+	/* HELPER_STREAM (on the connection's js) */
+	char		stream_name[NAMEDATALEN];
+	char		subject_list[1024];
+	bool		create;
+	int			replicas;
+	int64		duplicates_ns;
+	jsStreamInfo *si;
+	bool		created;
+
+	/* results of either job */
+	natsStatus	status;
+	const char *what;			/* a string constant */
+	char		last_error[256];	/* cnats' last error, thread-local there */
+} Helper;
+
+static Helper helper;
+
+/*
+ * The subjects the stream listens on, as a comma-separated list: the
+ * stream's own when it exists, the configured stream_subjects while it is
+ * missing (they are what it will cover once created).  Set by
+ * statehub_nats_check_stream; malloc'd, "" until then.
+ */
+static char *stream_subjects = NULL;
+
+static void set_stream_subjects(const char *list, const char **subjects,
+								int n);
+static void describe_failure_text(char *errbuf, size_t errlen,
+								  const char *what, natsStatus s,
+								  const char *last);
 
 /*
  * Block every signal in this thread for the duration of a cnats call that
@@ -314,8 +408,14 @@ scrub_secrets(char *buf, size_t buflen)
 static void
 describe_failure(char *errbuf, size_t errlen, const char *what, natsStatus s)
 {
-	const char *last = nats_GetLastError(NULL);
+	describe_failure_text(errbuf, errlen, what, s, nats_GetLastError(NULL));
+}
 
+/* describe_failure with cnats' last error text as taken on another thread */
+static void
+describe_failure_text(char *errbuf, size_t errlen, const char *what,
+					  natsStatus s, const char *last)
+{
 	/* cnats prefixes its source location, "(conn.c:1905): " */
 	if (last != NULL && last[0] == '(' && strstr(last, "): ") != NULL)
 		last = strstr(last, "): ") + 3;
@@ -474,42 +574,197 @@ build_options(natsOptions **optsp, const char **what)
 }
 
 /*
+ * Wait-slice bookkeeping in the worker's thread, after each blocking cnats
+ * call of at most WAIT_SLICE_MS: end its wait event, act on SIGTERM (and
+ * a query cancel), and exit at once if the postmaster died.
+ */
+static void
+wait_slice_end(void)
+{
+	pgstat_report_wait_end();
+	if (!PostmasterIsAlive())
+		proc_exit(1);
+	CHECK_FOR_INTERRUPTS();
+}
+
+/*
+ * The helper thread's body: the blocking cnats calls of one job, with
+ * nothing of PostgreSQL (see the file header).  Every signal is blocked in
+ * this thread, and so in every thread cnats starts from it.
+ */
+static void *
+helper_main(void *arg)
+{
+	natsStatus	s = NATS_OK;
+
+	if (helper.job == HELPER_CONNECT)
+	{
+		jsOptions	jo;
+
+		helper.what = "could not connect to NATS";
+		s = natsConnection_Connect(&helper.conn, helper.opts);
+		if (s == NATS_OK)
+		{
+			jsOptions_Init(&jo);
+			jo.Wait = helper.js_wait_ms;
+			jo.PublishAsync.MaxPending = MAX_PENDING_PUBLISHES;
+			jo.PublishAsync.AckHandler = ack_handler;
+			helper.what = "could not open a JetStream context";
+			s = natsConnection_JetStream(&helper.js, helper.conn, &jo);
+		}
+	}
+	else
+	{
+		jsErrCode	jerr = 0;
+		char	   *subjects[MAX_SERVERS];
+		int			nsubjects = 0;
+		char	   *tok;
+		char	   *save = NULL;
+
+		helper.what = "could not look up the stream";
+		s = js_GetStreamInfo(&helper.si, helper.js, helper.stream_name, NULL, &jerr);
+		if (s == NATS_NOT_FOUND && helper.create)
+		{
+			jsStreamConfig cfg;
+
+			/* the worker trimmed the list: "a,b,c" */
+			for (tok = strtok_r(helper.subject_list, ",", &save);
+				 tok != NULL && nsubjects < MAX_SERVERS;
+				 tok = strtok_r(NULL, ",", &save))
+				subjects[nsubjects++] = tok;
+			jsStreamConfig_Init(&cfg);
+			cfg.Name = helper.stream_name;
+			cfg.Subjects = (const char **) subjects;
+			cfg.SubjectsLen = nsubjects;
+			cfg.Storage = js_FileStorage;
+			cfg.Replicas = helper.replicas;
+			cfg.Duplicates = helper.duplicates_ns;
+			s = js_AddStream(&helper.si, helper.js, &cfg, NULL, &jerr);
+			if (s != NATS_OK)
+				helper.what = "could not create the stream";
+			else
+				helper.created = true;
+		}
+	}
+	helper.status = s;
+	copy_text(helper.last_error, sizeof(helper.last_error),
+			  s == NATS_OK ? "" : nats_GetLastError(NULL));
+	pg_atomic_write_u32(&helper.done, 1);
+	SetLatch(helper.latch);
+	return NULL;
+}
+
+/*
+ * Wait, in latch slices, for the helper thread to finish, and join it.
+ * SIGTERM and postmaster death end the wait (and the process) at once.
+ */
+static void
+wait_for_helper(void)
+{
+	while (pg_atomic_read_u32(&helper.done) == 0)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 WAIT_SLICE_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	pthread_join(helper.thread, NULL);
+	helper.started = false;
+}
+
+/* Free what a helper left that nobody collected (an ERROR cut us short). */
+static void
+reap_helper(void)
+{
+	if (helper.started)
+		wait_for_helper();
+	if (!helper.abandoned)
+		return;
+	helper.abandoned = false;
+	if (helper.si != NULL)
+		jsStreamInfo_Destroy(helper.si);
+	helper.si = NULL;
+	if (helper.job == HELPER_CONNECT)
+	{
+		if (helper.js != NULL)
+			jsCtx_Destroy(helper.js);
+		if (helper.conn != NULL)
+			natsConnection_Destroy(helper.conn);
+		natsOptions_Destroy(helper.opts);
+		helper.opts = NULL;
+		helper.js = NULL;
+		helper.conn = NULL;
+	}
+}
+
+/*
+ * Run the helper's job (inputs already set, after reap_helper) on its
+ * thread and wait for it.
+ * Signals are blocked only while the thread is created, so it and the
+ * threads cnats starts from it never run PostgreSQL's handlers.
+ */
+static void
+run_on_helper(HelperJob job)
+{
+	sigset_t	saved;
+	int			rc;
+
+	helper.job = job;
+	helper.latch = MyLatch;
+	helper.status = NATS_OK;
+	helper.last_error[0] = '\0';
+	pg_atomic_init_u32(&helper.done, 0);
+
+	BLOCK_SIGNALS(saved);
+	rc = pthread_create(&helper.thread, NULL, helper_main, NULL);
+	RESTORE_SIGNALS(saved);
+	if (rc != 0)
+	{
+		helper.status = NATS_SYS_ERROR;
+		helper.what = "could not start a thread for NATS";
+		strlcpy(helper.last_error, strerror(rc), sizeof(helper.last_error));
+		return;
+	}
+	helper.started = true;
+	/* until collected below; an ERROR or exit in between leaves it so */
+	helper.abandoned = true;
+	wait_for_helper();
+	helper.abandoned = false;
+}
+
+/*
  * Connect to the configured servers and open the JetStream context.  On
  * failure errbuf says why (secrets scrubbed) and nothing stays open.
  */
 StatehubNatsResult
 statehub_nats_connect(char *errbuf, size_t errlen)
 {
-	natsOptions *opts = NULL;
-	jsOptions	jo;
 	natsStatus	s;
 	const char *what;
-	sigset_t	saved;
 
 	statehub_nats_close();
 
-	BLOCK_SIGNALS(saved);
-	s = build_options(&opts, &what);
-	if (s == NATS_OK)
-	{
-		what = "could not connect to NATS";
-		s = natsConnection_Connect(&conn, opts);
-	}
-	if (s == NATS_OK)
-	{
-		jsOptions_Init(&jo);
-		jo.Wait = statehub_publish_timeout;
-		jo.PublishAsync.MaxPending = MAX_PENDING_PUBLISHES;
-		jo.PublishAsync.AckHandler = ack_handler;
-		what = "could not open a JetStream context";
-		s = natsConnection_JetStream(&js, conn, &jo);
-	}
-	RESTORE_SIGNALS(saved);
-	natsOptions_Destroy(opts);
-
+	s = build_options(&helper.opts, &what);
 	if (s != NATS_OK)
 	{
 		describe_failure(errbuf, errlen, what, s);
+		return STATEHUB_NATS_FAILED;
+	}
+	helper.js_wait_ms = statehub_publish_timeout;
+	helper.conn = NULL;
+	helper.js = NULL;
+	run_on_helper(HELPER_CONNECT);
+	natsOptions_Destroy(helper.opts);
+	helper.opts = NULL;
+	conn = helper.conn;
+	js = helper.js;
+	helper.conn = NULL;
+	helper.js = NULL;
+
+	if (helper.status != NATS_OK)
+	{
+		describe_failure_text(errbuf, errlen, helper.what, helper.status,
+							  helper.last_error);
 		statehub_nats_close();
 		return STATEHUB_NATS_FAILED;
 	}
@@ -548,22 +803,18 @@ statehub_nats_reconnecting(void)
  * configured subjects, replicas and duplicate window) when it is missing
  * and stream_create is on; never modify an existing one.  Reports the
  * stream's duplicate window (0 when unknown).  A stream that is missing and
- * may not be created is not a connection failure: *missing is set and
- * events are then rejected one by one (no responders).
+ * may not be created is not a connection failure: *missing is set, and
+ * events for its subjects wait for it (statehub_nats_stream_trouble).
  */
 StatehubNatsResult
 statehub_nats_check_stream(char *errbuf, size_t errlen, int64 *dedup_window_us,
 						   bool *missing)
 {
-	jsStreamInfo *si = NULL;
-	jsErrCode	jerr = 0;
-	natsStatus	s;
-	sigset_t	saved;
 	char	   *list;
 	char	   *subjects[MAX_SERVERS];
 	int			nsubjects;
-	bool		created = false;
-	const char *what = "could not look up the stream";
+	int			i;
+	natsStatus	s;
 
 	*dedup_window_us = 0;
 	*missing = false;
@@ -573,35 +824,38 @@ statehub_nats_check_stream(char *errbuf, size_t errlen, int64 *dedup_window_us,
 		return STATEHUB_NATS_FAILED;
 	}
 
+	/* an abandoned helper first; then the helper gets its own copies */
+	reap_helper();
 	list = pstrdup(statehub_stream_subjects);
 	nsubjects = split_list(list, subjects, MAX_SERVERS);
-
-	BLOCK_SIGNALS(saved);
-	s = js_GetStreamInfo(&si, js, statehub_stream_name, NULL, &jerr);
-	if (s == NATS_NOT_FOUND && statehub_stream_create)
+	helper.subject_list[0] = '\0';
+	for (i = 0; i < nsubjects; i++)
 	{
-		jsStreamConfig cfg;
-
-		jsStreamConfig_Init(&cfg);
-		cfg.Name = statehub_stream_name;
-		cfg.Subjects = (const char **) subjects;
-		cfg.SubjectsLen = nsubjects;
-		cfg.Storage = js_FileStorage;
-		cfg.Replicas = statehub_stream_replicas;
-		cfg.Duplicates = (int64) statehub_dedup_window * INT64CONST(1000000000);
-		s = js_AddStream(&si, js, &cfg, NULL, &jerr);
-		if (s != NATS_OK)
-			what = "could not create the stream";
-		else
-			created = true;
+		if (i > 0)
+			strlcat(helper.subject_list, ",", sizeof(helper.subject_list));
+		strlcat(helper.subject_list, subjects[i], sizeof(helper.subject_list));
 	}
-	RESTORE_SIGNALS(saved);
 	pfree(list);
+	strlcpy(helper.stream_name, statehub_stream_name, sizeof(helper.stream_name));
+	helper.create = statehub_stream_create;
+	helper.replicas = statehub_stream_replicas;
+	helper.duplicates_ns = (int64) statehub_dedup_window * INT64CONST(1000000000);
+	helper.js = js;
+	helper.si = NULL;
+	helper.created = false;
+	run_on_helper(HELPER_STREAM);
+	helper.js = NULL;
+	s = helper.status;
 
-	if (created)
+	if (helper.created)
 		ereport(LOG,
 				(errmsg("created NATS JetStream stream \"%s\"", statehub_stream_name)));
 
+	if (s == NATS_NOT_FOUND)
+		set_stream_subjects(helper.subject_list, NULL, 0);
+	else if (s == NATS_OK && helper.si->Config != NULL)
+		set_stream_subjects(NULL, helper.si->Config->Subjects,
+							helper.si->Config->SubjectsLen);
 	if (s == NATS_NOT_FOUND)
 	{
 		*missing = true;
@@ -611,19 +865,126 @@ statehub_nats_check_stream(char *errbuf, size_t errlen, int64 *dedup_window_us,
 	}
 	if (s != NATS_OK)
 	{
-		describe_failure(errbuf, errlen, what, s);
+		describe_failure_text(errbuf, errlen, helper.what, s, helper.last_error);
 		return STATEHUB_NATS_FAILED;
 	}
-	if (si->Config != NULL)
-		*dedup_window_us = si->Config->Duplicates / 1000;
-	jsStreamInfo_Destroy(si);
+	if (helper.si->Config != NULL)
+		*dedup_window_us = helper.si->Config->Duplicates / 1000;
+	jsStreamInfo_Destroy(helper.si);
+	helper.si = NULL;
 	return STATEHUB_NATS_OK;
+}
+
+/* Remember what the stream covers: a list "a,b" or an array of subjects. */
+static void
+set_stream_subjects(const char *list, const char **subjects, int n)
+{
+	StringInfoData buf;
+	int			i;
+
+	initStringInfo(&buf);
+	if (list != NULL)
+		appendStringInfoString(&buf, list);
+	for (i = 0; i < n; i++)
+		appendStringInfo(&buf, "%s%s", i > 0 ? "," : "", subjects[i]);
+	free(stream_subjects);
+	stream_subjects = strdup(buf.data);
+	pfree(buf.data);
+}
+
+/*
+ * Whether NATS subject pattern pattern (tokens, "*" for one, ">" for the
+ * rest) matches the literal subject.
+ */
+static bool
+subject_matches(const char *pattern, const char *subject)
+{
+	const char *p = pattern;
+	const char *t = subject;
+
+	for (;;)
+	{
+		size_t		plen = strcspn(p, ".");
+		size_t		tlen = strcspn(t, ".");
+
+		if (plen == 1 && p[0] == '>')
+			return tlen > 0;
+		if (!(plen == 1 && p[0] == '*') &&
+			(plen != tlen || strncmp(p, t, plen) != 0))
+			return false;
+		p += plen;
+		t += tlen;
+		if (*p == '\0' || *t == '\0')
+			return *p == '\0' && *t == '\0';
+		p++;
+		t++;
+	}
+}
+
+/* Whether the stream listens on (or, missing, will listen on) subject. */
+static bool
+stream_covers(const char *subject)
+{
+	const char *p = stream_subjects;
+
+	while (p != NULL && *p != '\0')
+	{
+		size_t		len = strcspn(p, ",");
+		char		pattern[256];
+
+		if (len < sizeof(pattern))
+		{
+			memcpy(pattern, p, len);
+			pattern[len] = '\0';
+			if (subject_matches(pattern, subject))
+				return true;
+		}
+		p += len;
+		if (*p == ',')
+			p++;
+	}
+	return false;
+}
+
+/*
+ * Whether a rejection is about the stream rather than the event: "no
+ * responders" for a subject the stream covers (it has no leader just now,
+ * during an election or while the node holding an R1 stream restarts, or
+ * it is missing), or any JetStream error but those that can only be about
+ * this one message.  Such an event is not to blame: it is treated like one
+ * without an answer (no attempt burnt, nothing overtakes it, the worker
+ * backs off and publishes again in id order).
+ */
+bool
+statehub_nats_stream_trouble(const StatehubPubEvent *ev)
+{
+	if (ev->outcome != STATEHUB_PUB_REJECTED || ev->err_code < 0)
+		return false;
+	if (ev->err_status == NATS_NO_RESPONDERS)
+		return stream_covers(ev->subject);
+	switch (ev->err_code)
+	{
+		case JS_MESSAGE_EXCEEDS_MAX_ERR_CODE:
+		case JS_STREAM_WRONG_LAST_SEQ_ERR_CODE:
+		case JS_STREAM_WRONG_LAST_MSG_ID_ERR_CODE:
+		case JS_STREAM_NOT_MATCH_ERR_CODE:
+			return false;		/* this message's own */
+		default:
+			return true;
+	}
 }
 
 /* Close the connection, if any.  Safe to call from an exit callback. */
 void
 statehub_nats_close(void)
 {
+	/*
+	 * A helper thread may still use the connection.  When the process is
+	 * exiting there is no waiting for it: everything dies with the process.
+	 */
+	if (helper.started && proc_exit_inprogress)
+		return;
+	reap_helper();
 	if (js != NULL)
 	{
 		jsCtx_Destroy(js);
@@ -631,11 +992,7 @@ statehub_nats_close(void)
 	}
 	if (conn != NULL)
 	{
-		sigset_t	saved;
-
-		BLOCK_SIGNALS(saved);
 		natsConnection_Destroy(conn);
-		RESTORE_SIGNALS(saved);
 		conn = NULL;
 	}
 	/* no handler runs any more; a batch in flight is left unanswered */
@@ -737,14 +1094,39 @@ describe_rejection(StatehubPubEvent *ev)
 static void
 abandon_pending(void)
 {
-	jsPubOptions po;
 	natsMsgList pending;
 
 	if (js_PublishAsyncGetPendingList(&pending, js) == NATS_OK)
 		natsMsgList_Destroy(&pending);
-	jsPubOptions_Init(&po);
-	po.MaxWait = QUIESCE_TIMEOUT_MS;
-	(void) js_PublishAsyncComplete(js, &po);
+	(void) wait_for_acks(QUIESCE_TIMEOUT_MS);
+}
+
+/*
+ * js_PublishAsyncComplete for up to timeout_ms, in slices (see the file
+ * header).  Returns NATS_OK once nothing is pending, else the last slice's
+ * status (NATS_TIMEOUT when time ran out).
+ */
+static natsStatus
+wait_for_acks(int timeout_ms)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   Max(timeout_ms, 1));
+	jsPubOptions po;
+	natsStatus	s;
+
+	for (;;)
+	{
+		long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+														   deadline);
+
+		jsPubOptions_Init(&po);
+		po.MaxWait = Max(Min(left, WAIT_SLICE_MS), 1);
+		pgstat_report_wait_start(PG_WAIT_EXTENSION);
+		s = js_PublishAsyncComplete(js, &po);
+		wait_slice_end();
+		if (s != NATS_TIMEOUT || left <= WAIT_SLICE_MS)
+			return s;
+	}
 }
 
 /* Forget the batch (no handler sees it any more); word its rejections. */
@@ -758,6 +1140,31 @@ finish_batch(StatehubPubEvent *events, int nevents)
 	{
 		if (events[i].outcome == STATEHUB_PUB_REJECTED && events[i].err_code >= 0)
 			describe_rejection(&events[i]);
+	}
+}
+
+/*
+ * natsConnection_FlushTimeout for up to timeout_ms, in slices: each slice
+ * sends a PING and waits up to WAIT_SLICE_MS for its PONG, which comes
+ * behind everything written before it.
+ */
+static natsStatus
+flush_sliced(int timeout_ms)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   Max(timeout_ms, 1));
+	natsStatus	s;
+
+	for (;;)
+	{
+		long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+														   deadline);
+
+		pgstat_report_wait_start(PG_WAIT_EXTENSION);
+		s = natsConnection_FlushTimeout(conn, Max(Min(left, WAIT_SLICE_MS), 1));
+		wait_slice_end();
+		if (s != NATS_TIMEOUT || left <= WAIT_SLICE_MS)
+			return s;
 	}
 }
 
@@ -826,6 +1233,8 @@ statehub_nats_publish_async(StatehubPubEvent *events, int nevents,
 			break;
 		}
 	}
+	/* the first publish starts the ack subscription's thread: no waits above */
+	RESTORE_SIGNALS(saved);
 
 	/*
 	 * cnats' flusher waits a moment for more before it writes; a batch that
@@ -834,7 +1243,7 @@ statehub_nats_publish_async(StatehubPubEvent *events, int nevents,
 	 */
 	if (result == STATEHUB_NATS_OK && flush)
 	{
-		s = natsConnection_FlushTimeout(conn, Max(timeout_ms, 1));
+		s = flush_sliced(timeout_ms);
 		if (s != NATS_OK)
 		{
 			describe_failure(errbuf, errlen, "could not flush to NATS", s);
@@ -843,7 +1252,6 @@ statehub_nats_publish_async(StatehubPubEvent *events, int nevents,
 	}
 	if (result != STATEHUB_NATS_OK)
 		abandon_pending();
-	RESTORE_SIGNALS(saved);
 
 	if (result != STATEHUB_NATS_OK)
 		finish_batch(events, nevents);
@@ -863,9 +1271,7 @@ statehub_nats_publish_wait(StatehubPubEvent *events, int nevents,
 						   int timeout_ms, char *errbuf, size_t errlen)
 {
 	StatehubNatsResult result = STATEHUB_NATS_OK;
-	jsPubOptions po;
 	natsStatus	s;
-	sigset_t	saved;
 
 	if (batch_events != events || js == NULL)
 	{
@@ -875,10 +1281,7 @@ statehub_nats_publish_wait(StatehubPubEvent *events, int nevents,
 		return STATEHUB_NATS_FAILED;
 	}
 
-	BLOCK_SIGNALS(saved);
-	jsPubOptions_Init(&po);
-	po.MaxWait = Max(timeout_ms, 1);
-	s = js_PublishAsyncComplete(js, &po);
+	s = wait_for_acks(timeout_ms);
 	if (s != NATS_OK)
 	{
 		if (s == NATS_TIMEOUT)
@@ -890,7 +1293,19 @@ statehub_nats_publish_wait(StatehubPubEvent *events, int nevents,
 		result = STATEHUB_NATS_FAILED;
 		abandon_pending();
 	}
-	RESTORE_SIGNALS(saved);
 	finish_batch(events, nevents);
 	return result;
+}
+
+/*
+ * After an ERROR in the worker's round: whatever batch is still registered
+ * is given up (no ack handler touches it any more), and its events simply
+ * have no answer.
+ */
+void
+statehub_nats_abandon_batch(void)
+{
+	if (batch_events != NULL && js != NULL)
+		abandon_pending();
+	batch_end();
 }

@@ -79,4 +79,7 @@ extern StatehubNatsResult statehub_nats_publish_wait(StatehubPubEvent *events,
 													 char *errbuf,
 													 size_t errlen);
 
+extern void statehub_nats_abandon_batch(void);
+extern bool statehub_nats_stream_trouble(const StatehubPubEvent *ev);
+
 #endif							/* STATEHUB_NATS_CLIENT_H */

@@ -4,12 +4,12 @@
  *		Appending events to statehub_events.outbox.
  *
  * Capture runs as the application role, which has (and needs) no rights on
- * the outbox: the row goes straight into the heap and the primary key
- * index, which checks no ACL, plans nothing and builds no executor state
- * per event.  (Should a DBA add an index with expressions or a predicate,
- * inserts take the executor's simple relation insert instead, the way
- * logical replication applies rows.)  The drain key comes from nextval on
- * the outbox's own sequence, also without an ACL check.
+ * the outbox: the row goes in through the executor's single-row insert,
+ * the way logical replication applies rows, which checks no ACL and plans
+ * nothing but checks the table's constraints and maintains every index,
+ * exactly as an INSERT by the table owner would (triggers aside, see
+ * insert_row).  The drain key comes from nextval on the outbox's own
+ * sequence, also without an ACL check.
  *
  * The relation and sequence OIDs are looked up once and forgotten on any
  * relcache invalidation of either (DROP EXTENSION, ALTER TABLE, ...).
@@ -21,14 +21,9 @@
  */
 #include "postgres.h"
 
-#include "access/genam.h"
-#include "access/heapam.h"
-#include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
-#include "catalog/index.h"
 #include "catalog/namespace.h"
-#include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
 #include "executor/executor.h"
@@ -75,12 +70,8 @@ static Oid	outbox_relid = InvalidOid;
 static Oid	outbox_seqid = InvalidOid;
 static bool callback_registered = false;
 
-/*
- * The outbox whose layout was checked, and whether the direct insert path
- * applies to it; forgotten with the OIDs on an invalidation.
- */
+/* The outbox whose layout was checked; forgotten on an invalidation. */
 static Oid	checked_relid = InvalidOid;
-static bool outbox_plain = false;
 
 static void
 outbox_relcache_callback(Datum arg, Oid relid)
@@ -158,86 +149,31 @@ lookup_outbox(void)
 }
 
 /*
- * Whether every index of the outbox is a plain, immediate index on columns
- * (no expressions, no predicate, no exclusion constraint): then the row is
- * inserted directly into the heap and each index, which is all the
- * executor would do for such a table, without building executor state for
- * every event.  The extension creates only such an index; a DBA's other
- * kind of index sends inserts through the executor's general path.
+ * Insert the row with the executor's single-row insert, as logical
+ * replication's apply worker does: an EState with a range table holding the
+ * outbox, so the table's CHECK and NOT NULL constraints are checked (with
+ * the usual error, which names the failing row) and every index is
+ * maintained, whatever kind of index a DBA added.  Triggers on the outbox
+ * are left out: capture runs as the application role, and a DBA's trigger
+ * on the queue must not run with that role's rights on every event.
  */
-static bool
-outbox_indexes_plain(Relation rel)
-{
-	List	   *indexes = RelationGetIndexList(rel);
-	ListCell   *lc;
-	bool		plain = true;
-
-	foreach(lc, indexes)
-	{
-		Relation	idx = index_open(lfirst_oid(lc), AccessShareLock);
-		Form_pg_index form = idx->rd_index;
-
-		if (!form->indimmediate || form->indisexclusion ||
-			!heap_attisnull(idx->rd_indextuple, Anum_pg_index_indexprs, NULL) ||
-			!heap_attisnull(idx->rd_indextuple, Anum_pg_index_indpred, NULL))
-			plain = false;
-		index_close(idx, AccessShareLock);
-	}
-	list_free(indexes);
-	return plain;
-}
-
-/* Insert the row into the heap and each (plain) index of the outbox. */
 static void
-insert_direct(Relation rel, Datum *values, bool *nulls)
-{
-	HeapTuple	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
-	List	   *indexes = RelationGetIndexList(rel);
-	ListCell   *lc;
-
-	heap_insert(rel, tuple, GetCurrentCommandId(true), 0, NULL);
-
-	foreach(lc, indexes)
-	{
-		Relation	idx = index_open(lfirst_oid(lc), RowExclusiveLock);
-		IndexInfo  *info;
-		Datum		ivalues[INDEX_MAX_KEYS];
-		bool		inulls[INDEX_MAX_KEYS];
-		int			i;
-
-		/* an index still being built concurrently takes no inserts yet */
-		if (!idx->rd_index->indisready)
-		{
-			index_close(idx, NoLock);
-			continue;
-		}
-		info = BuildIndexInfo(idx);
-		for (i = 0; i < info->ii_NumIndexAttrs; i++)
-		{
-			AttrNumber	attno = info->ii_IndexAttrNumbers[i];
-
-			ivalues[i] = values[attno - 1];
-			inulls[i] = nulls[attno - 1];
-		}
-		index_insert(idx, ivalues, inulls, &tuple->t_self, rel,
-					 idx->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
-					 false, info);
-		index_close(idx, NoLock);
-	}
-	list_free(indexes);
-}
-
-/* Insert the row through the executor, for an outbox with other indexes. */
-static void
-insert_general(Relation rel, Datum *values, bool *nulls)
+insert_row(Relation rel, Datum *values, bool *nulls)
 {
 	EState	   *estate = CreateExecutorState();
+	RangeTblEntry *rte = makeNode(RangeTblEntry);
 	ResultRelInfo *rri = makeNode(ResultRelInfo);
 	TupleTableSlot *slot;
 
+	rte->rtekind = RTE_RELATION;
+	rte->relid = RelationGetRelid(rel);
+	rte->relkind = rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	ExecInitRangeTable(estate, list_make1(rte));
 	InitResultRelInfo(rri, rel, 1, NULL, 0);
-	/* nothing but the outbox's indexes; never a DBA's trigger */
 	rri->ri_TrigDesc = NULL;
+	estate->es_output_cid = GetCurrentCommandId(true);
+
 	ExecOpenIndices(rri, false);
 	slot = ExecInitExtraTupleSlot(estate, RelationGetDescr(rel), &TTSOpsVirtual);
 	ExecClearTuple(slot);
@@ -279,7 +215,6 @@ statehub_outbox_append(const unsigned char *event_id, const char *subject,
 	if (checked_relid != relid)
 	{
 		check_outbox_layout(rel);
-		outbox_plain = outbox_indexes_plain(rel);
 		checked_relid = relid;
 	}
 
@@ -305,10 +240,7 @@ statehub_outbox_append(const unsigned char *event_id, const char *subject,
 	nulls[OUTBOX_NEXT_ATTEMPT_AT] = true;
 	nulls[OUTBOX_LAST_ERROR] = true;
 
-	if (outbox_plain)
-		insert_direct(rel, values, nulls);
-	else
-		insert_general(rel, values, nulls);
+	insert_row(rel, values, nulls);
 
 	table_close(rel, NoLock);
 }

@@ -9,17 +9,20 @@
  * queued events sets the latch (shmem.c), poll_interval is the safety net.
  *
  * Batches are pipelined, so that JetStream stores one batch while the
- * database works on the next.  Each transaction, in worker_spi's order:
- * scan up to batch_size events oldest first (skipping those of the batch
- * in flight); collect the acks of the batch in flight, which came in while
- * we scanned; publish the new batch asynchronously (nats_client.c); then
- * settle the batch in flight: delete what was acked, reschedule what
- * JetStream rejected (exponential backoff; dead letter after max_attempts),
- * and commit.  The new batch is in flight until the next transaction
- * settles it.  Nothing is deleted before its ack, and a crash between
- * publish and the commit that settles only re-publishes events with their
- * Nats-Msg-Id, which the stream drops as duplicates; so the worker commits
- * with synchronous_commit off.  Connection-level failures (not connected,
+ * database works on the next.  Each round: one transaction, in worker_spi's
+ * order, scans up to batch_size events oldest first (skipping those of the
+ * batch in flight and of the answered one), moves rows that can never be
+ * published to the dead letters, settles the answered batch (delete what
+ * was acked, reschedule what JetStream rejected with exponential backoff,
+ * dead letter after max_attempts) and commits.  Then, with no transaction
+ * open, the worker collects the acks of the batch in flight, which came in
+ * meanwhile (it becomes the answered batch), and publishes the scanned
+ * batch asynchronously (nats_client.c): it is in flight until the next
+ * round.  No snapshot or lock is ever held while waiting for NATS.
+ * Nothing is deleted before its ack, and a crash between publish and the
+ * commit that settles only re-publishes events with their Nats-Msg-Id,
+ * which the stream drops as duplicates; so the worker commits with
+ * synchronous_commit off.  Connection-level failures (not connected,
  * acks timed out) burn no attempts: the events stay as they were, the
  * worker backs off; a batch in flight while the worker cannot publish is
  * settled on its own (what was acked is deleted).  (Measured with batches
@@ -40,7 +43,7 @@
  * had buffered after events lost with the old connection): a broken
  * connection is closed and replaced by a new one (nats_client.c).
  *
- * The batch in flight spans two transactions, and no lock is held between
+ * The batch in flight spans two rounds, and no lock is held between
  * them.  So each transaction checks that the outbox is still the table
  * scanned before (same relfilenode): one dropped and created again, or
  * truncated, may reuse the ids.  If it is not, the batch in flight is
@@ -49,33 +52,24 @@
  * deleted, the cursor goes back to its first event, and what the stream
  * already has is dropped when it is published again.
  *
- * The scan cursor.  A queue table that churns is full of dead index
- * entries whenever a long transaction holds vacuum back; a scan from the
- * start of the primary key would wade through all of them on every batch.
- * So the worker scans "WHERE id >= cursor" and keeps the cursor in memory
- * with this invariant: every id below it was seen by an earlier scan or
- * can never appear.  Ids come from nextval in the writing transaction, so
- * a lower id than one already seen may still commit later.  After a scan
- * with snapshot S that saw ids up to M, (M + 1, X) is remembered as a
- * pending cursor, where X is the next transaction id read just after S was
- * taken: every transaction that held an id below M + 1 at S had its xid
- * by then, so its xid is below X.  (Not S->xmax: that is only
- * latestCompletedXid + 1, and a transaction running at S may have an xid
- * above it.)  Once a later scan's snapshot has xmin >= X, all those
- * transactions have ended and their rows were visible to that later scan,
- * so the cursor may move up to M + 1 (or as far as that scan actually saw
- * and handled, if less).
- * Events of the batch in flight count as seen and handled: the scans skip
- * them, and if their batch ends without an answer for some, the cursor
- * goes back down to the first of those.  Lowering the cursor never breaks
- * the invariant, and every later scan starts from it.
- * Ids a writer holds before it has an xid escape that argument, so the
- * cursor also goes back to 0 once a minute (FULL_SCAN_INTERVAL_MS); that
- * scan, and the one at start, find anything left behind.
+ * The scan cursor (cursor.c) says where each scan starts; its invariant,
+ * stated and kept there, is that every id below it was seen and handled or
+ * can never appear.  Events of the batches in flight and answered count as
+ * handled; an event that ends without an answer lowers the cursor to it.
  *
  * Retries.  The scan does not filter on next_attempt_at: rows that are not
- * due yet are seen, skipped, and their due time kept (retry_due_at).  When
- * the earliest one is due the cursor goes back to 0 for one pass.
+ * due yet are seen, skipped, and their due time kept (retry_due_at), and
+ * the cursor moves on past them.  When the earliest one is due, the round
+ * also runs the retry query, which finds the due rows below the cursor
+ * through the partial index on next_attempt_at, and puts them in front of
+ * the scanned rows (their ids are all below the cursor, so the batch stays
+ * in id order); the cursor does not move for them, so a large set of
+ * retrying rows costs each good event nothing but its share of the index.
+ *
+ * Errors.  A round is one unit of recovery (statehub_worker_main): an
+ * ERROR aborts its transaction, the batches are forgotten (the cursor goes
+ * back to their first events), the error is logged once, and the worker
+ * backs off and goes on.  Only SIGTERM or postmaster death end it.
  *
  * Every SQL statement is schema-qualified and the session's search_path is
  * pg_catalog.  Locks on the outbox and dead letters are only tried, never
@@ -93,6 +87,8 @@
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "common/hashfn.h"
+#include "common/jsonapi.h"
+#include "mb/pg_wchar.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -114,16 +110,27 @@
 #include "utils/uuid.h"
 #include "utils/wait_event.h"
 
+#include "cursor.h"
 #include "envelope.h"
 #include "nats_client.h"
 #include "shmem.h"
 #include "statehub_events.h"
 
-/* Back to the start of the outbox at least this often. */
-#define FULL_SCAN_INTERVAL_MS 60000
+/*
+ * A published event that was the first without an answer when the
+ * connection to NATS was lost this many times in a row is taken for poison
+ * (something about it makes the server drop the connection) and goes to
+ * the dead letters.  An outage loses the connection once, whatever event
+ * was first, and failed reconnects publish nothing, so they do not count;
+ * five losses in a row on the same event, each after a successful
+ * reconnect, are not the network.  Small, so one bad row stalls delivery
+ * for seconds (the reconnect backoff), not forever.
+ */
+#define POISON_LOSSES 5
 
-/* Pending cursors kept; more are merged into the last one. */
-#define MAX_PENDING_CURSORS 64
+/* Back-off after an ERROR in a round: doubles from the first to the last. */
+#define MIN_ERROR_BACKOFF_MS 1000
+#define MAX_ERROR_BACKOFF_MS 10000
 
 /* First connection retry; doubles up to retry_backoff_max. */
 #define MIN_CONNECT_BACKOFF_MS 100
@@ -143,12 +150,6 @@ typedef enum BatchResult
 	BATCH_SKIPPED				/* no extension, or the outbox is locked */
 } BatchResult;
 
-typedef struct PendingCursor
-{
-	int64		value;
-	TransactionId next_xid;
-} PendingCursor;
-
 /* One published row of a batch. */
 typedef struct BatchRow
 {
@@ -158,9 +159,9 @@ typedef struct BatchRow
 
 /*
  * The events one scan took for publishing, rows[i] published as events[i],
- * in id order.  Two of these alternate: the batch in flight (published by
- * one transaction, settled by the next) and the one the next scan fills.
- * Everything lives in cxt, reset once the batch is settled.
+ * in id order.  Three of these take turns: scanned, in flight and
+ * answered (see below).  Everything lives in cxt, reset once the batch is
+ * settled or dropped.
  */
 typedef struct Batch
 {
@@ -180,16 +181,13 @@ typedef struct Settled
 	int64		unanswered;		/* lowest id without an answer, or none */
 } Settled;
 
-/* The cursor (see the header comment). */
-static int64 cursor = 0;
-static PendingCursor pending[MAX_PENDING_CURSORS];
-static int	npending = 0;
-static TimestampTz last_full_scan_at = 0;
 static TimestampTz retry_due_at = DT_NOEND;
 static Oid	scanned_node = InvalidOid;	/* the outbox's relfilenode */
 
 /* Plans, prepared once and kept. */
 static SPIPlanPtr scan_plan = NULL;
+static SPIPlanPtr due_plan = NULL;
+static SPIPlanPtr next_due_plan = NULL;
 static SPIPlanPtr delete_ids_plan = NULL;
 static SPIPlanPtr delete_range_plan = NULL;
 static SPIPlanPtr retry_plan = NULL;
@@ -200,6 +198,7 @@ static StatehubWorkerStateCode state = STATEHUB_WORKER_NOT_RUNNING;
 static uint32 connection_settings = 0;
 static uint32 stream_settings = 0;
 static bool stream_checked = false;
+static bool stream_missing = false;	/* warned about it */
 static int	backoff_ms = 0;
 static TimestampTz next_attempt_at = 0;
 
@@ -207,9 +206,31 @@ static MemoryContext loop_context = NULL;
 
 static void forget_in_flight(void);
 
-/* The two batches, and the one in flight (NULL: none). */
-static Batch batches[2];
+/*
+ * The pipeline's batches (see the file header): scanned by this round's
+ * transaction and published after its commit; in flight, published and
+ * waiting for acks; answered, its acks collected, to be settled by the
+ * next transaction.  Each is NULL when there is none.
+ */
+static Batch batches[3];
+static Batch *scanned = NULL;
 static Batch *in_flight = NULL;
+static Batch *answered = NULL;
+
+/* The poison guard (POISON_LOSSES): the suspect and its losses so far. */
+static int64 suspect_id = -1;
+static int	suspect_losses = 0;
+static int64 poison_id = -1;	/* to dead-letter when settled */
+
+/* The last scan was full: the next round must scan again. */
+static bool scan_more = true;
+
+/* Errors of rounds: back-off, and the last one logged (logged once). */
+static int	error_backoff_ms = 0;
+static char last_round_error[STATEHUB_ERROR_LEN];
+
+/* The last subject found valid, so a batch of one event type checks once. */
+static char valid_subject[STATEHUB_MAX_EVENT_TYPE_LEN + 1];
 
 /*
  * Register the worker; called from _PG_init while preloading.
@@ -330,10 +351,13 @@ set_session_options(void)
 
 	/*
 	 * The worker bounds its own waits: it only tries table locks, and a row
-	 * lock a DBA holds on a queued event gets lock_timeout.  A database's
-	 * statement_timeout must not apply to it.
+	 * lock a DBA holds on a queued event gets lock_timeout.  The round then
+	 * fails, is logged, and is tried again after a back-off, so the timeout
+	 * can be short: the worker never queues for long behind a DBA, and the
+	 * status view shows why it stalls.  A database's statement_timeout
+	 * must not apply to it.
 	 */
-	SetConfigOption("lock_timeout", "10s", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("lock_timeout", "2s", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
 }
 
@@ -446,8 +470,13 @@ ensure_connected(void)
 		/* retries keep the state "backoff": it is logged once */
 		if (state != STATEHUB_WORKER_BACKOFF)
 			set_state(STATEHUB_WORKER_CONNECTING, NULL);
+		pgstat_report_activity(STATE_RUNNING, "connecting to NATS");
 		if (statehub_nats_connect(error, sizeof(error)) != STATEHUB_NATS_OK)
+		{
+			pgstat_report_activity(STATE_IDLE, NULL);
 			return back_off(error);
+		}
+		pgstat_report_activity(STATE_IDLE, NULL);
 		stream_checked = false;
 		fresh = true;
 	}
@@ -462,16 +491,16 @@ ensure_connected(void)
 				sizeof(statehub_shared->stream));
 		statehub_shared->dedup_window_us = dedup_window_us;
 		SpinLockRelease(&statehub_shared->mutex);
-		if (missing)
-		{
+		if (missing && !stream_missing)
 			ereport(WARNING,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("NATS JetStream stream \"%s\" does not exist",
 							statehub_stream_name),
-					 errdetail("Events are retried and then become dead letters while no stream listens on their subjects."),
+					 errdetail("Events on its subjects wait in statehub_events.outbox until it exists."),
 					 errhint("Create the stream, or set statehub_events.stream_create to on.")));
+		if (missing)
 			record_error(error);
-		}
+		stream_missing = missing;
 		stream_checked = true;
 	}
 
@@ -509,6 +538,8 @@ static void
 prepare_plans(void)
 {
 	Oid			scan_types[2] = {INT8OID, INT8OID};
+	Oid			due_types[3] = {INT8OID, INT8OID, TIMESTAMPTZOID};
+	Oid			next_due_types[1] = {TIMESTAMPTZOID};
 	Oid			ids_types[1] = {INT8ARRAYOID};
 	Oid			range_types[2] = {INT8OID, INT8OID};
 	Oid			retry_types[4] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
@@ -523,6 +554,25 @@ prepare_plans(void)
 						" FROM statehub_events.outbox"
 						" WHERE id >= $1 ORDER BY id LIMIT $2",
 						2, scan_types);
+
+	/*
+	 * Due retries below the cursor, through the partial index on
+	 * next_attempt_at (the materialized CTE keeps the planner from walking
+	 * the primary key in id order instead), the first $2 by id.
+	 */
+	due_plan = prepare("WITH due AS MATERIALIZED ("
+					   "  SELECT id FROM statehub_events.outbox"
+					   "   WHERE next_attempt_at OPERATOR(pg_catalog.<=) $3"
+					   "     AND id OPERATOR(pg_catalog.<) $1)"
+					   " SELECT id, event_id, subject, payload, attempts, next_attempt_at"
+					   " FROM statehub_events.outbox"
+					   " WHERE id IN (SELECT id FROM due ORDER BY id LIMIT $2)"
+					   " ORDER BY id",
+					   3, due_types);
+	next_due_plan = prepare("SELECT pg_catalog.min(next_attempt_at)"
+							" FROM statehub_events.outbox"
+							" WHERE next_attempt_at OPERATOR(pg_catalog.>) $1",
+							1, next_due_types);
 	delete_ids_plan = prepare("DELETE FROM statehub_events.outbox"
 							  " WHERE id = ANY ($1)",
 							  1, ids_types);
@@ -720,53 +770,19 @@ retry_delay_ms(int attempts)
 	return Min(delay, (int64) statehub_retry_backoff_max);
 }
 
-/*
- * Move the cursor after a scan that started at the cursor with a snapshot
- * of this xmin, read next_xid just after it, saw rows up to max_id (-1:
- * none) and handled every row below covered.  See the file header for why
- * this is safe.
- */
-static void
-advance_cursor(TransactionId xmin, TransactionId next_xid, int64 max_id,
-			   int64 covered)
-{
-	int			done = 0;
-
-	/* remember what this scan saw; with no writer running it is final */
-	if (max_id >= 0 && max_id + 1 > cursor &&
-		(npending == 0 || pending[npending - 1].value < max_id + 1))
-	{
-		if (npending == MAX_PENDING_CURSORS)
-			npending--;			/* merge: a later xid only waits longer */
-		pending[npending].value = max_id + 1;
-		pending[npending].next_xid = next_xid;
-		npending++;
-	}
-
-	while (done < npending &&
-		   TransactionIdPrecedesOrEquals(pending[done].next_xid, xmin))
-	{
-		int64		to = Min(pending[done].value, covered);
-
-		if (to > cursor)
-			cursor = to;
-		if (pending[done].value > covered)
-			break;
-		done++;
-	}
-	if (done > 0)
-	{
-		memmove(pending, pending + done, sizeof(PendingCursor) * (npending - done));
-		npending -= done;
-	}
-}
-
-/* The batch that is not in flight, emptied for the next scan. */
+/* A batch that is none of the pipeline's, emptied for the next scan. */
 static Batch *
 spare_batch(void)
 {
-	Batch	   *b = (in_flight == &batches[0]) ? &batches[1] : &batches[0];
+	Batch	   *b = NULL;
+	int			i;
 
+	for (i = 0; i < lengthof(batches); i++)
+	{
+		b = &batches[i];
+		if (b != in_flight && b != answered && b != scanned)
+			break;
+	}
 	if (b->cxt == NULL)
 		b->cxt = AllocSetContextCreate(TopMemoryContext,
 									   "statehub_events worker batch",
@@ -776,6 +792,22 @@ spare_batch(void)
 	b->events = NULL;
 	b->n = 0;
 	return b;
+}
+
+/*
+ * Drop a batch of the pipeline without settling it: nothing of it is
+ * deleted, and the cursor goes back to its first event, so all of it is
+ * published again (the stream drops what it already holds).
+ */
+static void
+drop_batch(Batch **b)
+{
+	if (*b == NULL)
+		return;
+	if ((*b)->n > 0)
+		statehub_cursor_lower((*b)->rows[0].id);
+	MemoryContextReset((*b)->cxt);
+	*b = NULL;
 }
 
 /* Milliseconds left of publish_timeout for the batch in flight, at least 1. */
@@ -792,11 +824,9 @@ in_flight_wait_ms(void)
 }
 
 /*
- * Give up on the batch in flight without settling it: nothing of it is
- * deleted, and the cursor goes back to its first event, so all of it is
- * published again (the stream drops what it already holds).  For when it
- * cannot be settled safely: the outbox is not the table it was scanned
- * from, or the connection it went out on is being replaced.
+ * Give up on the batch in flight without settling it.  For when it cannot
+ * be settled safely: the outbox is not the table it was scanned from, or
+ * the connection it went out on is being replaced.
  */
 static void
 forget_in_flight(void)
@@ -808,15 +838,14 @@ forget_in_flight(void)
 	/* detaches it from the ack handler */
 	(void) statehub_nats_publish_wait(in_flight->events, in_flight->n, 1,
 									  error, sizeof(error));
-	cursor = Min(cursor, in_flight->rows[0].id);
-	MemoryContextReset(in_flight->cxt);
-	in_flight = NULL;
+	drop_batch(&in_flight);
 }
 
 /*
  * Sort the answered events of a finished batch into what the transaction
- * must do: delete the acked, reschedule or dead-letter the rejected; the
- * lowest unanswered id keeps the cursor at or below it.
+ * must do: delete the acked, reschedule or dead-letter the rejected, and
+ * dead-letter the poison suspect; the lowest unanswered id keeps the
+ * cursor at or below it.
  */
 static void
 settle_batch(Batch *b, TimestampTz now, Settled *out, RowUpdates *retry,
@@ -850,6 +879,18 @@ settle_batch(Batch *b, TimestampTz now, Settled *out, RowUpdates *retry,
 				}
 				break;
 			case STATEHUB_PUB_PENDING:
+				if (row->id == poison_id)
+				{
+					out->nrejected++;
+					add_update(dead, row->id, row->attempts + 1,
+							   psprintf("suspected poison: the connection to NATS was lost %d times in a row with this event the first without an answer",
+										POISON_LOSSES),
+							   now);
+					poison_id = -1;
+					suspect_id = -1;
+					suspect_losses = 0;
+					break;
+				}
 				/* no answer: stays as it is, and the cursor stays below it */
 				out->unanswered = Min(out->unanswered, row->id);
 				break;
@@ -858,51 +899,249 @@ settle_batch(Batch *b, TimestampTz now, Settled *out, RowUpdates *retry,
 }
 
 /*
+ * Why an event can never be published, or NULL: checked at scan time, so
+ * a bad row goes to the dead letters at once and never reaches NATS (a
+ * subject with a blank makes nats-server drop the connection, and the
+ * event would stall everything behind it).  The subject must be a valid
+ * event type, the payload valid JSON and small enough for the server.
+ */
+static char *
+unpublishable(const char *subject, text *payload, int64 max_body)
+{
+	size_t		len = VARSIZE_ANY_EXHDR(payload);
+	JsonLexContext *lex;
+	JsonParseErrorType jerr;
+
+	if (len > max_body)
+		return psprintf("the event is %zu bytes, which exceeds the NATS server's max_payload (%lld bytes left after the headers)",
+						len, (long long) max_body);
+
+	if (strcmp(subject, valid_subject) != 0)
+	{
+		MemoryContext cxt = CurrentMemoryContext;
+		char	   *volatile reason = NULL;
+
+		/* the capture side's own check, which reports by ERROR */
+		PG_TRY();
+		{
+			statehub_check_event_type(subject);
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			reason = edata->detail != NULL ?
+				psprintf("%s: %s", edata->message, edata->detail) :
+				pstrdup(edata->message);
+			FreeErrorData(edata);
+		}
+		PG_END_TRY();
+		if (reason != NULL)
+			return reason;
+		strlcpy(valid_subject, subject, sizeof(valid_subject));
+	}
+
+	lex = makeJsonLexContextCstringLen(VARDATA_ANY(payload), len,
+									   GetDatabaseEncoding(), false);
+	jerr = pg_parse_json(lex, &nullSemAction);
+	if (jerr != JSON_SUCCESS)
+		return psprintf("the payload is not valid JSON: %s",
+						json_errdetail(jerr, lex));
+	return NULL;
+}
+
+/* When the earliest retry after now is due (DT_NOEND: none). */
+static TimestampTz
+next_retry_due(TimestampTz now)
+{
+	Datum		values[1];
+	bool		isnull;
+	Datum		d;
+
+	values[0] = TimestampTzGetDatum(now);
+	if (SPI_execute_plan(next_due_plan, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for retries in statehub_events.outbox");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? DT_NOEND : DatumGetTimestampTz(d);
+}
+
+/*
+ * Whether the event at id is in the batch in flight or the answered one:
+ * seen, and settled by this round or the next.  The ids asked about come
+ * in ascending order, and *pos_flight / *pos_answered (start at 0) follow
+ * them through the two batches, which are each in id order.
+ */
+static bool
+in_pipeline(int64 id, int *pos_flight, int *pos_answered)
+{
+	while (in_flight != NULL && *pos_flight < in_flight->n &&
+		   in_flight->rows[*pos_flight].id < id)
+		(*pos_flight)++;
+	while (answered != NULL && *pos_answered < answered->n &&
+		   answered->rows[*pos_answered].id < id)
+		(*pos_answered)++;
+	return (in_flight != NULL && *pos_flight < in_flight->n &&
+			in_flight->rows[*pos_flight].id == id) ||
+		(answered != NULL && *pos_answered < answered->n &&
+		 answered->rows[*pos_answered].id == id);
+}
+
+/*
+ * Scan the next batch into scanned: the due retries below from (when
+ * retry_pass), then up to batch_size rows from from on, oldest first,
+ * skipping the pipeline's rows and those not due yet, and putting rows that
+ * can never be published into dead (counted in *npoison).  *max_id is the
+ * highest id the scan from from saw (-1: none); BATCH_FULL when rows may be
+ * left that it did not see.  Inside the round's transaction, in its
+ * snapshot.
+ */
+static BatchResult
+scan_batch(int64 from, bool retry_pass, int nskip, TimestampTz now,
+		   RowUpdates *dead, int *npoison, int64 *max_id)
+{
+	BatchResult result = BATCH_DONE;
+	Datum		values[3];
+	int			limit = statehub_batch_size + nskip;
+	SPITupleTable *due_rows = NULL;
+	int			ndue = 0;
+	int			nrows;
+	int			taken = 0;
+	int			pos_flight = 0;
+	int			pos_answered = 0;
+	int64		max_body = statehub_nats_max_body();
+	Batch	   *next;
+	int			i;
+
+	/* rows of the batches in flight and answered are seen and skipped */
+	values[0] = Int64GetDatum(from);
+	values[1] = Int64GetDatum((int64) limit);
+	if (retry_pass)
+	{
+		values[2] = TimestampTzGetDatum(now);
+		if (SPI_execute_plan(due_plan, values, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not look for due retries in statehub_events.outbox");
+		due_rows = SPI_tuptable;
+		ndue = (int) SPI_processed;
+		retry_due_at = (ndue == limit) ? now : next_retry_due(now);
+	}
+	if (SPI_execute_plan(scan_plan, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not scan statehub_events.outbox");
+	nrows = (int) SPI_processed;
+	if (nrows == limit)
+		result = BATCH_FULL;
+
+	next = spare_batch();
+	next->rows = MemoryContextAlloc(next->cxt,
+									sizeof(BatchRow) * Max(ndue + nrows, 1));
+	next->events = MemoryContextAllocZero(next->cxt,
+										  sizeof(StatehubPubEvent) * Max(ndue + nrows, 1));
+	scanned = next;
+
+	/* the due retries first: all below from, so in id order */
+	for (i = 0; i < ndue + nrows; i++)
+	{
+		SPITupleTable *tt = i < ndue ? due_rows : SPI_tuptable;
+		HeapTuple	tup = tt->vals[i < ndue ? i : i - ndue];
+		TupleDesc	desc = tt->tupdesc;
+		bool		isnull;
+		int64		id;
+		int32		attempts;
+		text	   *payload;
+		char	   *subject;
+		char	   *reason;
+		Datum		due;
+		StatehubPubEvent *ev;
+
+		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		if (in_pipeline(id, &pos_flight, &pos_answered))
+		{
+			if (i >= ndue)
+				*max_id = id;
+			continue;
+		}
+
+		/* a full batch already: what follows was not seen */
+		if (taken == statehub_batch_size)
+		{
+			result = BATCH_FULL;
+			if (i < ndue)
+				retry_due_at = now;
+			break;
+		}
+		taken++;
+		if (i >= ndue)
+			*max_id = id;
+		attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+
+		due = SPI_getbinval(tup, desc, 6, &isnull);
+		if (!isnull && DatumGetTimestampTz(due) > now)
+		{
+			/* not due: seen, and remembered for the retry query */
+			retry_due_at = Min(retry_due_at, DatumGetTimestampTz(due));
+			continue;
+		}
+
+		payload = DatumGetTextPP(SPI_getbinval(tup, desc, 4, &isnull));
+		subject = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
+		reason = unpublishable(subject, payload, max_body);
+		if (reason != NULL)
+		{
+			add_update(dead, id, attempts, reason, now);
+			(*npoison)++;
+			continue;
+		}
+
+		next->rows[next->n].id = id;
+		next->rows[next->n].attempts = attempts;
+		ev = &next->events[next->n];
+		/* cnats copies the payload, but it is read after SPI_finish */
+		ev->payload_len = VARSIZE_ANY_EXHDR(payload);
+		ev->payload = MemoryContextAlloc(next->cxt, Max(ev->payload_len, 1));
+		memcpy((char *) ev->payload, VARDATA_ANY(payload), ev->payload_len);
+		ev->subject = MemoryContextStrdup(next->cxt, subject);
+		statehub_format_uuid(DatumGetUUIDP(SPI_getbinval(tup, desc, 2, &isnull))->data,
+							 ev->msg_id);
+		next->n++;
+	}
+	return result;
+}
+
+/*
  * One transaction of the pipeline (see the file header): scan the next
- * batch (unless scan is false), collect the acks of the batch in flight,
- * publish the next batch if that one went well, then settle the one in
- * flight and commit.  The caller made sure we are connected when scan is
- * true; with scan false this only settles the batch in flight, without
- * touching the connection state.
+ * batch (unless scan is false) into scanned, settle the answered batch,
+ * and commit.  Publishing and waiting for acks happen outside, after the
+ * commit.
  */
 static BatchResult
 run_batch(bool scan)
 {
 	BatchResult result = BATCH_DONE;
-	Snapshot	snap;
-	TransactionId xmin = InvalidTransactionId;
-	TransactionId next_xid = InvalidTransactionId;
-	Datum		values[4];
-	int			nrows = 0;
-	int			limit = 0;
-	int			i;
-	int			skip = 0;
-	int			taken = 0;
+	StatehubScanXids xids;
+	int64		from = 0;
+	int			nskip;
 	Oid			outbox_node = InvalidOid;
-	Batch	   *next = NULL;
-	Batch	   *settled = NULL;
-	int64		max_body;
 	int64		max_id = -1;
 	int64		covered = PG_INT64_MAX;
 	Settled		done;
 	RowUpdates	retry;
 	RowUpdates	dead;
-	int			noversized = 0;
-	char		error[STATEHUB_ERROR_LEN];
+	int			npoison = 0;
 	char		event_error[STATEHUB_ERROR_LEN];
-	bool		failed = false;
 	TimestampTz now;
+	bool		retry_pass = false;
 
 	now = GetCurrentTimestamp();
-	if (scan &&
-		(now >= retry_due_at ||
-		 now - last_full_scan_at >= (int64) FULL_SCAN_INTERVAL_MS * 1000))
+	if (scan)
+		from = statehub_cursor_get(now);
+	if (scan && now >= retry_due_at)
 	{
-		cursor = 0;
+		/* a scan from 0 sees every due retry itself */
+		retry_pass = from > 0;
 		retry_due_at = DT_NOEND;
 	}
-	if (scan && cursor == 0)
-		last_full_scan_at = now;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -912,7 +1151,7 @@ run_batch(bool scan)
 
 	if (!lock_tables(&outbox_node))
 	{
-		/* a batch in flight waits: it is checked against the next outbox */
+		/* the answered batch waits: it is checked against the next outbox */
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -925,19 +1164,22 @@ run_batch(bool scan)
 		/*
 		 * Not the outbox we scanned before (created again, truncated or
 		 * rewritten): its ids may start over, so neither the cursor nor a
-		 * batch in flight means anything in it.
+		 * batch of the pipeline means anything in it.
 		 */
 		forget_in_flight();
-		cursor = 0;
-		npending = 0;
+		drop_batch(&answered);
+		statehub_cursor_restart();
+		from = 0;
+		retry_pass = false;
 		scanned_node = outbox_node;
 	}
 	prepare_plans();
 
-	/* room for the batch in flight, the oversized and a failed next batch */
-	init_updates(&retry, (in_flight ? in_flight->n : 0) + 2 * statehub_batch_size);
-	init_updates(&dead, (in_flight ? in_flight->n : 0) + 2 * statehub_batch_size);
-	done.acked_ids = palloc(sizeof(int64) * Max(in_flight ? in_flight->n : 0, 1));
+	nskip = (in_flight ? in_flight->n : 0) + (answered ? answered->n : 0);
+	/* room for the answered batch and the next one's poison rows */
+	init_updates(&retry, nskip + statehub_batch_size);
+	init_updates(&dead, nskip + statehub_batch_size);
+	done.acked_ids = palloc(sizeof(int64) * Max(answered ? answered->n : 0, 1));
 	done.nacked = 0;
 	done.nrejected = 0;
 	done.unanswered = PG_INT64_MAX;
@@ -945,134 +1187,14 @@ run_batch(bool scan)
 	if (scan)
 	{
 		/* the scan runs read-only in exactly this snapshot */
-		snap = GetActiveSnapshot();
-		xmin = snap->xmin;
-		/* an upper bound of every xid assigned before the snapshot */
-		next_xid = ReadNextTransactionId();
-
-		/* rows of the batch in flight are seen again and skipped */
-		limit = statehub_batch_size + (in_flight ? in_flight->n : 0);
-		values[0] = Int64GetDatum(cursor);
-		values[1] = Int64GetDatum((int64) limit);
-		if (SPI_execute_plan(scan_plan, values, NULL, true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not scan statehub_events.outbox");
-		nrows = (int) SPI_processed;
-
-		next = spare_batch();
-		next->rows = MemoryContextAlloc(next->cxt, sizeof(BatchRow) * Max(nrows, 1));
-		next->events = MemoryContextAllocZero(next->cxt,
-											  sizeof(StatehubPubEvent) * Max(nrows, 1));
-		max_body = statehub_nats_max_body();
-		if (nrows == limit)
-			result = BATCH_FULL;
-
-		for (i = 0; i < nrows; i++)
-		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			bool		isnull;
-			int64		id;
-			int32		attempts;
-			text	   *payload;
-			Datum		due;
-			StatehubPubEvent *ev;
-
-			id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-
-			/* in flight: seen, and settled below */
-			while (in_flight != NULL && skip < in_flight->n &&
-				   in_flight->rows[skip].id < id)
-				skip++;
-			if (in_flight != NULL && skip < in_flight->n &&
-				in_flight->rows[skip].id == id)
-			{
-				max_id = id;
-				continue;
-			}
-
-			/* a full batch already: what follows was not seen */
-			if (taken == statehub_batch_size)
-			{
-				result = BATCH_FULL;
-				break;
-			}
-			taken++;
-			max_id = id;
-			attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
-
-			due = SPI_getbinval(tup, desc, 6, &isnull);
-			if (!isnull && DatumGetTimestampTz(due) > now)
-			{
-				/* not due: seen, and remembered for the retry pass */
-				retry_due_at = Min(retry_due_at, DatumGetTimestampTz(due));
-				continue;
-			}
-
-			payload = DatumGetTextPP(SPI_getbinval(tup, desc, 4, &isnull));
-			if (VARSIZE_ANY_EXHDR(payload) > max_body)
-			{
-				add_update(&dead, id, attempts,
-						   psprintf("the event is %zu bytes, which exceeds the NATS server's max_payload (%lld bytes left after the headers)",
-									VARSIZE_ANY_EXHDR(payload),
-									(long long) max_body),
-						   now);
-				noversized++;
-				continue;
-			}
-
-			next->rows[next->n].id = id;
-			next->rows[next->n].attempts = attempts;
-			ev = &next->events[next->n];
-			/* cnats copies the payload; SPI's copy is enough */
-			ev->payload = VARDATA_ANY(payload);
-			ev->payload_len = VARSIZE_ANY_EXHDR(payload);
-			ev->subject = MemoryContextStrdup(next->cxt,
-											  TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull)));
-			statehub_format_uuid(DatumGetUUIDP(SPI_getbinval(tup, desc, 2, &isnull))->data,
-						 ev->msg_id);
-			next->n++;
-		}
+		statehub_cursor_scan_xids(GetActiveSnapshot(), &xids);
+		result = scan_batch(from, retry_pass, nskip, now, &dead, &npoison,
+							&max_id);
 	}
 
-	/* the acks of the batch in flight came in while we scanned */
-	if (in_flight != NULL)
-	{
-		if (statehub_nats_publish_wait(in_flight->events, in_flight->n,
-									   in_flight_wait_ms(),
-									   error, sizeof(error)) != STATEHUB_NATS_OK)
-			failed = true;
-		settle_batch(in_flight, now, &done, &retry, &dead);
-		settled = in_flight;
-		in_flight = NULL;
-	}
-
-	/*
-	 * Publish the next batch only when everything before it was answered,
-	 * so nothing goes out behind an event that may have to be published
-	 * again; it goes out before this transaction's writes, so JetStream
-	 * stores it while we delete and commit.
-	 */
-	if (next != NULL && next->n > 0)
-	{
-		if (failed)
-			done.unanswered = Min(done.unanswered, next->rows[0].id);
-		else if (statehub_nats_publish_async(next->events, next->n,
-											 result != BATCH_FULL,
-											 statehub_publish_timeout,
-											 error, sizeof(error)) != STATEHUB_NATS_OK)
-		{
-			/* finished already: settle what it got */
-			failed = true;
-			done.acked_ids = repalloc(done.acked_ids,
-									  sizeof(int64) * (done.nacked + next->n));
-			settle_batch(next, now, &done, &retry, &dead);
-		}
-		else
-		{
-			next->published_at = GetCurrentTimestamp();
-			in_flight = next;
-		}
-	}
+	/* the answered batch: its acks were collected after the last commit */
+	if (answered != NULL)
+		settle_batch(answered, now, &done, &retry, &dead);
 
 	if (result == BATCH_FULL)
 		covered = max_id + 1;
@@ -1094,20 +1216,26 @@ run_batch(bool scan)
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(loop_context);
 
-	if (settled != NULL)
-		MemoryContextReset(settled->cxt);
-	if (next != NULL && in_flight != next)
-		MemoryContextReset(next->cxt);
+	if (answered != NULL)
+	{
+		MemoryContextReset(answered->cxt);
+		answered = NULL;
+	}
+	if (scanned != NULL && scanned->n == 0)
+	{
+		MemoryContextReset(scanned->cxt);
+		scanned = NULL;
+	}
 
 	if (scan)
-		advance_cursor(xmin, next_xid, max_id, covered);
+		statehub_cursor_advance(&xids, max_id, covered);
 	/* a batch that had moved the cursor past it and got no answer */
-	cursor = Min(cursor, done.unanswered);
+	statehub_cursor_lower(done.unanswered);
 
 	/* what other processes see */
 	SpinLockAcquire(&statehub_shared->mutex);
 	statehub_shared->published += done.nacked;
-	statehub_shared->failed += done.nrejected + noversized;
+	statehub_shared->failed += done.nrejected + npoison;
 	if (done.nacked > 0)
 		statehub_shared->last_publish_at = GetCurrentTimestamp();
 	SpinLockRelease(&statehub_shared->mutex);
@@ -1125,17 +1253,114 @@ run_batch(bool scan)
 	pgstat_report_activity(STATE_IDLE, NULL);
 	ConditionVariableBroadcast(&statehub_shared->drained_cv);
 
-	if (!scan)
-		return failed ? BATCH_FAILED : BATCH_DONE;
-	if (failed)
+	/*
+	 * Delivery moved on (or there was nothing to do): the next error of a
+	 * round is news again.  Not merely a transaction that went through: a
+	 * round that fails every other time must not log every time.
+	 */
+	if (done.nacked > 0 || (scan && max_id < 0))
 	{
-		back_off(error);
-		return BATCH_FAILED;
+		last_round_error[0] = '\0';
+		error_backoff_ms = 0;
 	}
-	backoff_ms = 0;
-	if (state == STATEHUB_WORKER_BACKOFF)
-		set_state(STATEHUB_WORKER_CONNECTED, NULL);
 	return result;
+}
+
+/*
+ * Wait (outside any transaction) for the acks of the batch in flight; it
+ * becomes the answered batch, settled by the next transaction.  False on a
+ * connection-level failure (error says why); a connection lost with events
+ * unanswered counts towards the poison guard.
+ */
+static bool
+collect_in_flight(char *error, size_t errlen)
+{
+	bool		ok;
+	int64		first = PG_INT64_MAX;
+	int			i;
+
+	if (in_flight == NULL)
+		return true;
+	ok = statehub_nats_publish_wait(in_flight->events, in_flight->n,
+									in_flight_wait_ms(),
+									error, errlen) == STATEHUB_NATS_OK;
+
+	/*
+	 * Trouble of the stream, not of the event: like no answer at all.  The
+	 * stream is looked up again before anything more goes out.
+	 */
+	for (i = 0; i < in_flight->n; i++)
+	{
+		StatehubPubEvent *ev = &in_flight->events[i];
+
+		if (statehub_nats_stream_trouble(ev))
+		{
+			if (ok)
+				snprintf(error, errlen, "stream \"%s\" did not take an event: %s",
+						 statehub_stream_name, ev->error);
+			ok = false;
+			stream_checked = false;
+			ev->outcome = STATEHUB_PUB_PENDING;
+		}
+	}
+
+	for (i = 0; i < in_flight->n; i++)
+	{
+		if (in_flight->events[i].outcome == STATEHUB_PUB_PENDING)
+		{
+			first = in_flight->rows[i].id;
+			break;
+		}
+	}
+	if (first == PG_INT64_MAX)
+	{
+		suspect_id = -1;
+		suspect_losses = 0;
+	}
+	else
+	{
+		/* below the cursor at once: everything after it goes out again */
+		statehub_cursor_lower(first);
+		if (!ok && !statehub_nats_connected())
+		{
+			if (first == suspect_id)
+				suspect_losses++;
+			else
+			{
+				suspect_id = first;
+				suspect_losses = 1;
+			}
+			if (suspect_losses >= POISON_LOSSES)
+				poison_id = first;
+		}
+	}
+	answered = in_flight;
+	in_flight = NULL;
+	return ok;
+}
+
+/*
+ * Publish the scanned batch (outside any transaction), once everything
+ * before it was answered, so nothing goes out behind an event that may
+ * have to be published again.  When it cannot go out it is dropped and
+ * scanned again later.  False on a connection-level failure.
+ */
+static bool
+publish_scanned(bool full, char *error, size_t errlen)
+{
+	if (scanned == NULL)
+		return true;
+	if (statehub_nats_publish_async(scanned->events, scanned->n, !full,
+									statehub_publish_timeout,
+									error, errlen) != STATEHUB_NATS_OK)
+	{
+		drop_batch(&scanned);
+		return false;
+	}
+	scanned->published_at = GetCurrentTimestamp();
+	in_flight = scanned;
+	scanned = NULL;
+	return true;
 }
 
 /* ---------------------------------------------------------------------
@@ -1144,13 +1369,17 @@ run_batch(bool scan)
  */
 
 /*
- * One round: connect if needed, then drain.  Returns how long to sleep
- * (ms); 0 means go again at once.
+ * One round: connect if needed, then one transaction (scan, settle), then
+ * outside it collect the acks of the batch in flight and publish the
+ * scanned one.  Returns how long to sleep (ms); 0 means go again at once.
  */
 static long
 worker_round(void)
 {
 	long		wait;
+	BatchResult result;
+	char		error[STATEHUB_ERROR_LEN];
+	bool		ok;
 
 	if (RecoveryInProgress())
 		return statehub_poll_interval;
@@ -1158,32 +1387,94 @@ worker_round(void)
 	wait = ensure_connected();
 	if (wait > 0)
 	{
-		/* no new batch now; settle what is in flight, keep what is not */
-		if (in_flight != NULL)
+		/* no new batch now; settle what was answered, keep what was not */
+		(void) collect_in_flight(error, sizeof(error));
+		if (answered != NULL)
 			(void) run_batch(false);
 		return wait;
 	}
 
-	/* cleared before the scan: a commit after this wakes us again */
-	pg_atomic_write_u32(&statehub_shared->wake_pending, 0);
-
-	switch (run_batch(true))
+	if (in_flight != NULL && answered == NULL && !scan_more &&
+		pg_atomic_read_u32(&statehub_shared->wake_pending) == 0 &&
+		GetCurrentTimestamp() < retry_due_at)
 	{
-		case BATCH_FULL:
-			return 0;
-		case BATCH_DONE:
-			break;
-		case BATCH_FAILED:
-			return ms_until(next_attempt_at);
-		case BATCH_SKIPPED:
-			return statehub_poll_interval;
+		/*
+		 * Only acks to wait for: the last scan saw everything, nothing was
+		 * committed since, no retry is due and nothing is answered.  No
+		 * transaction: collect them at once, and settle them next round.
+		 */
+		result = BATCH_DONE;
 	}
-	/* the batch in flight is settled by the next round, at once */
-	if (in_flight != NULL)
+	else
+	{
+		/* cleared before the scan: a commit after this wakes us again */
+		pg_atomic_write_u32(&statehub_shared->wake_pending, 0);
+
+		result = run_batch(true);
+		if (result == BATCH_SKIPPED)
+			return statehub_poll_interval;
+		scan_more = (result == BATCH_FULL);
+	}
+
+	/* the acks of the batch in flight came in while we scanned and settled */
+	pgstat_report_activity(STATE_RUNNING, "waiting for NATS JetStream");
+	ok = collect_in_flight(error, sizeof(error));
+	if (!ok)
+		drop_batch(&scanned);
+	else
+		ok = publish_scanned(result == BATCH_FULL, error, sizeof(error));
+	pgstat_report_activity(STATE_IDLE, NULL);
+	if (!ok)
+	{
+		back_off(error);
+		return ms_until(next_attempt_at);
+	}
+	backoff_ms = 0;
+	if (state == STATEHUB_WORKER_BACKOFF)
+		set_state(STATEHUB_WORKER_CONNECTED, NULL);
+
+	/* more to scan, or batches to settle: at once */
+	if (result == BATCH_FULL || in_flight != NULL || answered != NULL)
+		return 0;
+	/* a nested wait may have reset the latch a commit set */
+	if (pg_atomic_read_u32(&statehub_shared->wake_pending) != 0)
 		return 0;
 	if (retry_due_at != DT_NOEND)
 		return Min((long) statehub_poll_interval, ms_until(retry_due_at));
 	return statehub_poll_interval;
+}
+
+/*
+ * After an ERROR in a round (the transaction is aborted already): forget
+ * the pipeline's batches (their events go out again, and the stream drops
+ * what it holds), log the error unless it is the one logged last, show it
+ * in the status view, and return the back-off (ms).
+ */
+static long
+round_failed(ErrorData *edata)
+{
+	statehub_nats_abandon_batch();
+	scan_more = true;
+	drop_batch(&scanned);
+	drop_batch(&in_flight);
+	drop_batch(&answered);
+
+	if (strcmp(edata->message, last_round_error) != 0)
+	{
+		ereport(LOG,
+				(errcode(edata->sqlerrcode),
+				 errmsg("statehub_events worker could not drain statehub_events.outbox, retrying"),
+				 errdetail_internal("%s", edata->message),
+				 errhint("Events stay queued in statehub_events.outbox meanwhile.")));
+		strlcpy(last_round_error, edata->message, sizeof(last_round_error));
+	}
+	record_error(edata->message);
+
+	if (error_backoff_ms == 0)
+		error_backoff_ms = MIN_ERROR_BACKOFF_MS;
+	else
+		error_backoff_ms = Min(error_backoff_ms * 2, MAX_ERROR_BACKOFF_MS);
+	return error_backoff_ms;
 }
 
 void
@@ -1213,7 +1504,7 @@ statehub_worker_main(Datum main_arg)
 
 	for (;;)
 	{
-		long		wait;
+		volatile long wait = 0;
 
 		MemoryContextReset(loop_context);
 		MemoryContextSwitchTo(loop_context);
@@ -1222,7 +1513,29 @@ statehub_worker_main(Datum main_arg)
 		if (ConfigReloadPending)
 			reload_settings();
 
-		wait = worker_round();
+		/* a round is the unit of recovery: an ERROR ends it, not the worker */
+		PG_TRY();
+		{
+			wait = worker_round();
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			/* as after longjmp to PostgresMain's sigsetjmp */
+			HOLD_INTERRUPTS();
+			BackgroundWorkerUnblockSignals();
+			MemoryContextSwitchTo(loop_context);
+			edata = CopyErrorData();
+			FlushErrorState();
+			AbortCurrentTransaction();
+			MemoryContextSwitchTo(loop_context);
+			pgstat_report_activity(STATE_IDLE, NULL);
+			RESUME_INTERRUPTS();
+			wait = round_failed(edata);
+		}
+		PG_END_TRY();
+
 		if (wait > 0)
 		{
 			(void) WaitLatch(MyLatch,

@@ -26,6 +26,7 @@
  *	-S SUBJECTS	create the stream (file storage) on these comma-separated
  *				subjects, print its state like -i, and exit
  *	-D SECONDS	with -S: the stream's duplicate window
+ *	-X			delete the stream (as a DBA would with the nats CLI) and exit
  *	-u USER -p PASSWORD		user/password authentication
  *	-k TOKEN	token authentication
  *	-C CAFILE	TLS, verifying the server with this CA certificate
@@ -69,6 +70,7 @@ typedef struct Options
 	int64_t		count;			/* -1: read what the stream holds now */
 	int64_t		idle_ms;
 	bool		info;
+	bool		delete_stream;
 } Options;
 
 static void
@@ -77,7 +79,7 @@ usage(void)
 	fprintf(stderr,
 			"usage: nats_consume [-n COUNT] [-f SUBJECT] [-t IDLE_MS] [-d DURABLE] [-i]\n"
 			"                    [-S SUBJECTS [-D DUP_SECONDS]] [-u USER -p PASSWORD] [-k TOKEN]\n"
-			"                    [-C CAFILE] URL STREAM\n");
+			"                    [-C CAFILE] [-X] URL STREAM\n");
 	exit(1);
 }
 
@@ -372,7 +374,7 @@ main(int argc, char **argv)
 	o.count = -1;
 	o.idle_ms = 10000;
 
-	while ((c = getopt(argc, argv, "n:f:t:d:iS:D:u:p:k:C:")) != -1)
+	while ((c = getopt(argc, argv, "n:f:t:d:iS:D:u:p:k:C:X")) != -1)
 	{
 		switch (c)
 		{
@@ -390,6 +392,9 @@ main(int argc, char **argv)
 				break;
 			case 'i':
 				o.info = true;
+				break;
+			case 'X':
+				o.delete_stream = true;
 				break;
 			case 'S':
 				o.create_subjects = optarg;
@@ -442,7 +447,14 @@ main(int argc, char **argv)
 	if ((s = natsConnection_JetStream(&js, conn, NULL)) != NATS_OK)
 		die_status("could not get a JetStream context", s, 0);
 
-	if (o.create_subjects != NULL)
+	if (o.delete_stream)
+	{
+		jsErrCode	jerr = 0;
+
+		if ((s = js_DeleteStream(js, o.stream, NULL, &jerr)) != NATS_OK)
+			die_status("could not delete stream", s, jerr);
+	}
+	else if (o.create_subjects != NULL)
 		create_stream(js, &o);
 	else if (o.info)
 	{
