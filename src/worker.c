@@ -110,6 +110,7 @@
 #include "utils/uuid.h"
 #include "utils/wait_event.h"
 
+#include "catalog_checks.h"
 #include "cursor.h"
 #include "envelope.h"
 #include "nats_client.h"
