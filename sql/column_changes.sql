@@ -37,10 +37,10 @@ ALTER TABLE cc_t DROP COLUMN state;
 -- ... unless with CASCADE, which ends that mapping
 ALTER TABLE cc_t DROP COLUMN state CASCADE;
 SELECT event_type, operation FROM statehub_events.mappings WHERE table_name = 'cc_t'::regclass;
--- what is left of the old one in the mapping table ...
+-- the sql_drop event trigger removed the dropped trigger's mapping row
 SELECT event_type, operation, column_name FROM statehub_events.mapping
  WHERE table_name = 'cc_t'::regclass ORDER BY event_type;
--- ... declaring it again prunes
+-- declaring it again
 SELECT statehub_events.track_insert('cc_t', 'org.statehub.cc.created', '{id,title}');
 SELECT event_type, operation FROM statehub_events.mapping WHERE table_name = 'cc_t'::regclass;
 

@@ -138,7 +138,7 @@ SELECT a.attrelid::regclass, a.attnum, a.attname, format_type(a.atttypid, a.attt
   JOIN pg_class c ON c.oid = a.attrelid
   LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
  WHERE c.relnamespace = 'statehub_events'::regnamespace AND a.attnum > 0
- ORDER BY 1, 2},
+ ORDER BY a.attrelid::regclass::text, 2},
 	event_triggers => q{
 SELECT evtname, evtevent, evtfoid::regprocedure, evtenabled, evttags
   FROM pg_event_trigger ORDER BY 1},

@@ -41,6 +41,7 @@ sub queue_then_start_drain
 
 my $left = queue_then_start_drain('case 4');
 my $pid = StatehubTest::worker_status($node)->{pid};
+my $log_offset = -s $node->logfile;
 kill 'KILL', $pid;
 # What the stream holds now is at least what the killed worker published:
 # fewer than all of them means it died before the end of the drain (the
@@ -52,9 +53,13 @@ cmp_ok($left, '<', $n, 'case 4: the drain had started when the worker was killed
 cmp_ok($in_stream, '<', $n,
 	'case 4: the worker was killed before it had published every event');
 
-# The postmaster reinitializes after a crashed child and starts the worker
-# again.  The killed worker's pid may linger in shared memory until then,
-# so wait for a different one.
+# The postmaster reinitializes after a crashed child (ending every session,
+# so no query may run until it is done) and starts the worker again.  The
+# killed worker's pid may linger in shared memory until then, so wait for a
+# different one.
+$node->wait_for_log(
+	qr/all server processes terminated; reinitializing.*database system is ready to accept connections/s,
+	$log_offset);
 ok($node->poll_query_until('postgres',
 		qq{SELECT pid IS NOT NULL AND pid <> $pid FROM statehub_events.status}),
 	'case 4: the server accepts connections again and a new worker runs');
