@@ -56,8 +56,7 @@ bench_start()
 	mkdir -p "$BENCH_DIR/pg" "$BENCH_DIR/nats"
 	is_root && chown -R "$(runner_user):" "$BENCH_DIR"
 
-	nats_start_free "$BENCH_DIR/nats" "$BENCH_DIR/nats.pid" "$BENCH_DIR/nats.log"
-	NATS_PORT=$NATS_STARTED_PORT
+	start_free NATS_PORT nats_start "$BENCH_DIR/nats" "$BENCH_DIR/nats.pid" "$BENCH_DIR/nats.log"
 	NATS_URL=nats://127.0.0.1:$NATS_PORT
 
 	[[ $worker == enabled ]] && url=$NATS_URL
@@ -65,8 +64,7 @@ bench_start()
 		statehub_events.nats_url = '$url'
 		$conf
 	EOT
-	pg_start_free "$BENCH_DIR/pg"
-	PG_PORT=$PG_STARTED_PORT
+	start_free PG_PORT pg_start_cluster "$BENCH_DIR/pg"
 	q "CREATE EXTENSION statehub_events" >/dev/null
 	say "PostgreSQL on 127.0.0.1:$PG_PORT, nats-server on $NATS_URL, files in $BENCH_DIR"
 }

@@ -156,20 +156,23 @@ nats_start()
 	die "nats-server did not start on 127.0.0.1:$port within 30 s (log: $log)"
 }
 
-# nats_start on a free port, picking another one when the port is taken at
-# bind time; the port used is left in NATS_STARTED_PORT. Arguments as for
-# nats_start without the port.
-nats_start_free()
+# Start a server on a free port: run "$2 $3 PORT $4..." (nats_start or
+# pg_start_cluster) with a port picked free, and again with another one while
+# it reports the port taken at bind time; the port used is left in the
+# variable named $1.
+start_free()
 {
-	local try rc
+	local -n port_var=$1
+	local start=$2 first=$3 try rc
+	shift 3
 	for try in 1 2 3 4 5; do
-		NATS_STARTED_PORT=$(free_port)
+		port_var=$(free_port)
 		rc=0
-		nats_start "$1" "$NATS_STARTED_PORT" "$2" "$3" || rc=$?
+		"$start" "$first" "$port_var" "$@" || rc=$?
 		((rc == 0)) && return 0
-		say "port $NATS_STARTED_PORT was taken before nats-server bound it; trying another"
+		say "port $port_var was taken before the server bound it; trying another"
 	done
-	die "nats-server found no free port in 5 tries (log: $3)"
+	die "$start: no free port in 5 tries"
 }
 
 # Whether "make install" can write PostgreSQL's library and extension dirs.
@@ -232,21 +235,6 @@ pg_start_cluster()
 		grep -qi 'could not bind.*address already in use' && return 2
 	tail -n 30 "$dir/postgres.log" >&2
 	die "PostgreSQL did not start (log: $dir/postgres.log)"
-}
-
-# pg_start_cluster on a free port, picking another one when the port is taken
-# at bind time; the port used is left in PG_STARTED_PORT.
-pg_start_free()
-{
-	local try rc
-	for try in 1 2 3 4 5; do
-		PG_STARTED_PORT=$(free_port)
-		rc=0
-		pg_start_cluster "$1" "$PG_STARTED_PORT" || rc=$?
-		((rc == 0)) && return 0
-		say "port $PG_STARTED_PORT was taken before PostgreSQL bound it; trying another"
-	done
-	die "PostgreSQL found no free port in 5 tries (log: $1/postgres.log)"
 }
 
 # Fast-stop the cluster in $1/data if it runs.
