@@ -122,3 +122,14 @@ SELECT w.pid,
  */
 CREATE INDEX outbox_next_attempt_at_idx ON statehub_events.outbox (next_attempt_at)
     WHERE next_attempt_at IS NOT NULL;
+
+-- ---------------------------------------------------------------------------
+-- emit() with a NULL argument (1.1)
+-- ---------------------------------------------------------------------------
+
+/*
+ * 1.0's emit() was STRICT: a NULL attributes argument returned NULL and
+ * queued nothing, without a word.  It is an error now (the C function
+ * checks; 1.0's STRICT declaration never lets a NULL reach it).
+ */
+ALTER FUNCTION statehub_events.emit(pg_catalog.text, pg_catalog.jsonb) CALLED ON NULL INPUT;

@@ -222,7 +222,7 @@ CREATE FUNCTION statehub_events.emit(event_type pg_catalog.text,
                                      attributes pg_catalog.jsonb DEFAULT '{}')
 RETURNS pg_catalog.uuid
 AS 'MODULE_PATHNAME', 'emit'
-LANGUAGE C STRICT VOLATILE;
+LANGUAGE C CALLED ON NULL INPUT VOLATILE;
 
 COMMENT ON FUNCTION statehub_events.emit(pg_catalog.text, pg_catalog.jsonb) IS
 'Queues one event_type event with the given attributes object in the current transaction; returns its id.';

@@ -13,6 +13,11 @@ SELECT pg_catalog.count(*) = 1 AS id_matches
  WHERE o.event_id = :'emitted_id' AND (o.payload::json ->> 'id')::uuid = :'emitted_id';
 SELECT clear_events();
 
+-- a NULL argument is an error, never a silent no-op
+SELECT statehub_events.emit('org.statehub.task.stale', NULL);
+SELECT statehub_events.emit(NULL, '{}');
+SELECT pg_catalog.count(*) FROM statehub_events.outbox;
+
 -- emit inside a rolled-back transaction leaves nothing
 BEGIN;
 SELECT statehub_events.emit('org.statehub.task.stale', '{"task_id": 1}') IS NOT NULL AS queued;

@@ -351,11 +351,24 @@ capture(PG_FUNCTION_ARGS)
 Datum
 emit(PG_FUNCTION_ARGS)
 {
-	char	   *event_type = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	Jsonb	   *attributes = PG_GETARG_JSONB_P(1);
+	char	   *event_type;
+	Jsonb	   *attributes;
 	StringInfoData buf;
 	pg_uuid_t  *result;
 	TimestampTz now;
+
+	/* not STRICT: a NULL must be refused, not turn the call into a no-op */
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("event type must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("event attributes must not be null"),
+				 errhint("Pass '{}' for an event without attributes.")));
+	event_type = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	attributes = PG_GETARG_JSONB_P(1);
 
 	statehub_check_event_type(event_type);
 	if (!JB_ROOT_IS_OBJECT(attributes) || JB_ROOT_IS_SCALAR(attributes))
