@@ -400,3 +400,55 @@ CREATE EVENT TRIGGER statehub_events_forget_dropped_mappings ON sql_drop
 
 COMMENT ON EVENT TRIGGER statehub_events_forget_dropped_mappings IS
 'Keeps statehub_events.mapping free of rows whose table or trigger was dropped.';
+
+/*
+ * A capture trigger keeps the name its declaration gave it: renamed, it
+ * would go on publishing while the mapping row (which names it) looks
+ * dropped, so the next DROP of anything would forget the row and a new
+ * declaration of the same event would add a second trigger (every event
+ * twice).  ALTER TRIGGER ... RENAME of a declared capture trigger is
+ * refused; untrack() and a new declaration change a declaration.
+ */
+CREATE FUNCTION statehub_events.refuse_capture_trigger_rename()
+RETURNS pg_catalog.event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    renamed record;
+BEGIN
+    /* a renamed capture trigger, and the declaration whose trigger it was */
+    FOR renamed IN
+        SELECT m.trigger_name, m.event_type, m.table_name
+          FROM pg_catalog.pg_event_trigger_ddl_commands() c
+          JOIN pg_catalog.pg_trigger t ON t.oid OPERATOR(pg_catalog.=) c.objid
+          JOIN statehub_events.mapping m
+            ON m.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) t.tgrelid
+         WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass
+           AND t.tgfoid OPERATOR(pg_catalog.=) 'statehub_events.capture()'::pg_catalog.regprocedure
+           AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger o
+                            WHERE o.tgrelid OPERATOR(pg_catalog.=) t.tgrelid
+                              AND o.tgname OPERATOR(pg_catalog.=) m.trigger_name)
+    LOOP
+        RAISE EXCEPTION 'cannot rename trigger "%" on table %',
+              renamed.trigger_name, renamed.table_name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('It is the capture trigger of event "%s", declared with statehub_events.',
+                                             renamed.event_type),
+                  HINT = 'Use statehub_events.untrack() and declare the event again.';
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION statehub_events.refuse_capture_trigger_rename() IS
+'Event trigger function: refuses to rename the capture trigger of a declared event.';
+
+REVOKE ALL ON FUNCTION statehub_events.refuse_capture_trigger_rename() FROM PUBLIC;
+
+CREATE EVENT TRIGGER statehub_events_refuse_capture_trigger_rename ON ddl_command_end
+    WHEN TAG IN ('ALTER TRIGGER')
+    EXECUTE FUNCTION statehub_events.refuse_capture_trigger_rename();
+
+COMMENT ON EVENT TRIGGER statehub_events_refuse_capture_trigger_rename IS
+'Keeps each declared capture trigger under the name its mapping row records.';

@@ -146,6 +146,10 @@ SELECT table_name::text, event_type FROM statehub_events.mapping
 DROP TABLE sec_drop.b;
 SELECT table_name::text, event_type FROM statehub_events.mapping
  WHERE event_type LIKE 'org.statehub.sec.%' ORDER BY 2;
+-- a declared capture trigger keeps its name: a rename is refused
+ALTER TRIGGER "statehub_events:org.statehub.sec.a-created" ON sec_drop.a RENAME TO renamed;
+SELECT tgname FROM pg_catalog.pg_trigger
+ WHERE tgrelid = 'sec_drop.a'::regclass AND NOT tgisinternal ORDER BY 1;
 SET client_min_messages = warning;
 DROP SCHEMA sec_drop CASCADE;
 RESET client_min_messages;
