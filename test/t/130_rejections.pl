@@ -6,7 +6,7 @@
 # (no stream listens on it, nor would the configured one) are retried
 # max_attempts times and then dead-lettered with a clear reason; once a DBA
 # creates a stream for them, retry_dead_letters() delivers them.  (Events
-# on the configured subjects wait for their stream instead: 185_stream.pl.)  An event larger than the server's
+# on the configured subjects wait for their stream instead: 187_stream.pl.)  An event larger than the server's
 # max_payload goes straight to the dead letters and the events around it
 # are delivered.
 
