@@ -181,6 +181,35 @@ SELECT table_name, event_type, operation FROM statehub_events.mappings
 DROP TABLE sec_once, sec_owned, sec_not_theirs;
 
 --
+-- 5b. The column type's own code runs as the table's owner, never as the
+-- role declaring the event: a domain CHECK of the owner's that would make
+-- the owner superuser when run by a superuser runs as the owner (twice:
+-- to_value and from_value) and makes nobody superuser.
+--
+CREATE SCHEMA sec_dom AUTHORIZATION sec_owner;
+SET ROLE sec_owner;
+CREATE TABLE sec_dom.seen (who name, search_path text);
+CREATE FUNCTION sec_dom.check_st(v text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO sec_dom.seen VALUES (current_user, current_setting('search_path'));
+    IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+        EXECUTE 'ALTER ROLE sec_owner SUPERUSER';
+    END IF;
+    RETURN true;
+END
+$$;
+CREATE DOMAIN sec_dom.st AS text CHECK (sec_dom.check_st(VALUE));
+CREATE TABLE sec_dom.t (id integer PRIMARY KEY, status sec_dom.st);
+RESET ROLE;
+SELECT statehub_events.track_transition('sec_dom.t', 'status', 'done',
+                                        'org.statehub.sec.dom-done', from_value => 'open');
+SELECT who, search_path, pg_catalog.count(*) FROM sec_dom.seen GROUP BY 1, 2;
+SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = 'sec_owner';
+SET client_min_messages = warning;
+DROP SCHEMA sec_dom CASCADE;
+RESET client_min_messages;
+
+--
 -- 6. The extension owns its schema: DROP EXTENSION leaves none behind, and
 -- CREATE EXTENSION refuses a schema someone prepared.
 --

@@ -256,6 +256,63 @@ value_error_context(void *arg)
 			   ctx->argname, ctx->column, ctx->table);
 }
 
+/*
+ * Pin search_path to pg_catalog (and pg_temp last, where no function or
+ * operator is ever looked up) until unpin_search_path: no SQL this file
+ * runs can resolve a name through the caller's search_path.
+ */
+static int
+pin_search_path(void)
+{
+	int			nestlevel = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return nestlevel;
+}
+
+static void
+unpin_search_path(int nestlevel)
+{
+	AtEOXact_GUC(true, nestlevel);
+}
+
+/*
+ * The column type's own code (its input function with a domain's CHECK
+ * constraints, its equality operator) belongs to whoever made the type and
+ * the table, not to the role declaring the event: it runs as the table's
+ * owner, in a security-restricted operation with search_path pinned, the
+ * way PostgreSQL's maintenance commands run index expressions.  Otherwise a
+ * table owner's domain CHECK would run with a superuser's (or a delegated
+ * DBA's) rights when they declare a transition on the owner's table.  An
+ * ERROR in between is cleaned up by the (sub)transaction abort, which
+ * restores the user and the GUC nest level.
+ */
+typedef struct OwnerSection
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			nestlevel;
+} OwnerSection;
+
+static void
+owner_section_begin(Relation rel, OwnerSection *section)
+{
+	GetUserIdAndSecContext(&section->save_userid, &section->save_sec);
+	SetUserIdAndSecContext(rel->rd_rel->relowner,
+						   section->save_sec | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	section->nestlevel = pin_search_path();
+}
+
+static void
+owner_section_end(OwnerSection *section)
+{
+	unpin_search_path(section->nestlevel);
+	SetUserIdAndSecContext(section->save_userid, section->save_sec);
+}
+
 /* Convert a to_value/from_value with the column's input function. */
 static Datum
 convert_value(Form_pg_attribute att, Relation rel, const char *argname,
@@ -266,6 +323,7 @@ convert_value(Form_pg_attribute att, Relation rel, const char *argname,
 	Datum		result;
 	ValueContext ctx;
 	ErrorContextCallback errcb;
+	OwnerSection section;
 
 	ctx.argname = argname;
 	ctx.column = NameStr(att->attname);
@@ -276,8 +334,10 @@ convert_value(Form_pg_attribute att, Relation rel, const char *argname,
 	error_context_stack = &errcb;
 
 	getTypeInputInfo(att->atttypid, &infunc, &ioparam);
+	owner_section_begin(rel, &section);
 	result = OidInputFunctionCall(infunc, (char *) value, ioparam,
 								  att->atttypmod);
+	owner_section_end(&section);
 
 	error_context_stack = errcb.previous;
 	return result;
@@ -328,28 +388,6 @@ trigger_name_for(const char *event_type)
 	return psprintf(TRIGGER_PREFIX "%.*s~%08x", (int) (room - 9), event_type,
 					DatumGetUInt32(hash_any((const unsigned char *) event_type,
 											strlen(event_type))));
-}
-
-/*
- * Pin search_path to pg_catalog (and pg_temp last, where no function or
- * operator is ever looked up) until unpin_search_path: no SQL this file
- * runs can resolve a name through the caller's search_path.
- */
-static int
-pin_search_path(void)
-{
-	int			nestlevel = NewGUCNestLevel();
-
-	(void) set_config_option("search_path", "pg_catalog, pg_temp",
-							 PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	return nestlevel;
-}
-
-static void
-unpin_search_path(int nestlevel)
-{
-	AtEOXact_GUC(true, nestlevel);
 }
 
 /*
@@ -599,8 +637,13 @@ track(TrackSpec *spec)
 		if (spec->from_value != NULL)
 		{
 			Datum		from = convert_value(att, rel, "from_value", spec->from_value);
+			OwnerSection section;
+			bool		equal;
 
-			if (DatumGetBool(OidFunctionCall2Coll(eqfunc, att->attcollation, from, to)))
+			owner_section_begin(rel, &section);
+			equal = DatumGetBool(OidFunctionCall2Coll(eqfunc, att->attcollation, from, to));
+			owner_section_end(&section);
+			if (equal)
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("from_value and to_value are equal"),
