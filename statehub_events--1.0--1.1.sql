@@ -23,6 +23,61 @@
  * ACL recorded as the initial privileges, as CREATE SCHEMA in a fresh
  * install records them.
  */
+/*
+ * 1.0 installed into a schema of that name whoever had created it: a role
+ * with CREATE on the database could have made it first, and its owner can
+ * drop, rename or replace everything in it (the outbox included).  Such a
+ * schema is not adopted: the update fails until a superuser has checked it
+ * and given it to the extension's owner.  Objects in it that the extension
+ * did not create are refused too.
+ */
+DO $$
+DECLARE
+    ext_owner pg_catalog.oid;
+    nsp pg_catalog.oid;
+    nsp_owner pg_catalog.oid;
+    stranger pg_catalog.text;
+BEGIN
+    SELECT e.extowner INTO ext_owner
+      FROM pg_catalog.pg_extension e
+     WHERE e.extname OPERATOR(pg_catalog.=) 'statehub_events';
+    SELECT n.oid, n.nspowner INTO nsp, nsp_owner
+      FROM pg_catalog.pg_namespace n
+     WHERE n.nspname OPERATOR(pg_catalog.=) 'statehub_events';
+    IF nsp_owner OPERATOR(pg_catalog.<>) ext_owner THEN
+        RAISE EXCEPTION 'cannot update extension "statehub_events": schema "statehub_events" belongs to role "%"',
+              nsp_owner::pg_catalog.regrole
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('The extension''s schema must belong to the extension''s owner, %s: its owner can drop or replace the outbox.',
+                                             ext_owner::pg_catalog.regrole),
+                  HINT = pg_catalog.format('Check what the schema holds, then run ALTER SCHEMA statehub_events OWNER TO %s and update again.',
+                                           pg_catalog.quote_ident(ext_owner::pg_catalog.regrole::pg_catalog.text));
+    END IF;
+    SELECT o.what INTO stranger
+      FROM (SELECT pg_catalog.format('%s %s', 'relation', c.oid::pg_catalog.regclass) AS what,
+                   'pg_catalog.pg_class'::pg_catalog.regclass AS classid, c.oid
+              FROM pg_catalog.pg_class c
+             WHERE c.relnamespace OPERATOR(pg_catalog.=) nsp
+               AND c.relkind OPERATOR(pg_catalog.<>) ALL (ARRAY['i', 'I', 't']::pg_catalog."char"[])
+            UNION ALL
+            SELECT pg_catalog.format('%s %s', 'function', p.oid::pg_catalog.regprocedure),
+                   'pg_catalog.pg_proc'::pg_catalog.regclass, p.oid
+              FROM pg_catalog.pg_proc p
+             WHERE p.pronamespace OPERATOR(pg_catalog.=) nsp) o
+     WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+                        WHERE d.classid OPERATOR(pg_catalog.=) o.classid
+                          AND d.objid OPERATOR(pg_catalog.=) o.oid
+                          AND d.deptype OPERATOR(pg_catalog.=) 'e')
+     LIMIT 1;
+    IF stranger IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot update extension "statehub_events": schema "statehub_events" holds % which the extension did not create',
+              stranger
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Move or drop the objects the extension did not create, then update again.';
+    END IF;
+END
+$$;
+
 UPDATE pg_catalog.pg_extension
    SET extnamespace = 'pg_catalog'::pg_catalog.regnamespace
  WHERE extname OPERATOR(pg_catalog.=) 'statehub_events';
@@ -185,3 +240,14 @@ CREATE INDEX outbox_next_attempt_at_idx ON statehub_events.outbox (next_attempt_
  * checks; 1.0's STRICT declaration never lets a NULL reach it).
  */
 ALTER FUNCTION statehub_events.emit(pg_catalog.text, pg_catalog.jsonb) CALLED ON NULL INPUT;
+
+-- ---------------------------------------------------------------------------
+-- retry_dead_letters() for a granted role (1.1)
+-- ---------------------------------------------------------------------------
+
+/*
+ * 1.0's retry_dead_letters ran with the caller's rights, so the role the
+ * docs grant it to got "permission denied for table outbox".  It runs as
+ * the extension's owner now (search_path pinned, as before).
+ */
+ALTER FUNCTION statehub_events.retry_dead_letters(pg_catalog.uuid[]) SECURITY DEFINER;

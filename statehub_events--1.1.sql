@@ -295,9 +295,15 @@ COMMENT ON FUNCTION statehub_events.wake_worker() IS
 
 REVOKE ALL ON FUNCTION statehub_events.wake_worker() FROM PUBLIC;
 
+/*
+ * SECURITY DEFINER: the role granted EXECUTE (docs/security.md) has, and
+ * needs, no rights on the outbox or the dead letters; it can only move dead
+ * letters back as they are.
+ */
 CREATE FUNCTION statehub_events.retry_dead_letters(event_ids pg_catalog.uuid[] DEFAULT NULL)
 RETURNS pg_catalog.int8
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE

@@ -120,6 +120,18 @@ INSERT INTO sec_owned VALUES (1, 'new');
 RESET ROLE;
 SELECT subject FROM statehub_events.outbox;
 SELECT clear_events();
+-- with the optional grant of the docs, it puts a dead letter back (it has,
+-- and needs, no rights on the outbox or the dead letters)
+INSERT INTO statehub_events.dead_letter (id, event_id, subject, payload, enqueued_at, attempts, reason)
+VALUES (1, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'org.statehub.sec.dead', '{}', pg_catalog.now(), 3, 'test');
+GRANT EXECUTE ON FUNCTION statehub_events.retry_dead_letters(uuid[]) TO sec_dba;
+SET ROLE sec_owner;
+SELECT statehub_events.retry_dead_letters();
+RESET ROLE;
+SELECT pg_catalog.count(*) AS dead_letters FROM statehub_events.dead_letter;
+REVOKE EXECUTE ON FUNCTION statehub_events.retry_dead_letters(uuid[]) FROM sec_dba;
+SELECT event_id, subject FROM statehub_events.outbox;
+SELECT clear_events();
 
 --
 -- 4. Temporary tables are refused; no mapping outlives its table or its

@@ -202,6 +202,42 @@ is($node->safe_psql('restored', $mappings_sql),
 	$node->safe_psql('postgres', $mappings_sql),
 	'the restored database has the same mappings');
 
+# A 1.0 installed into a schema another role created first (1.0 adopted
+# it) is not updated: that role could drop or replace the outbox.  Nor is
+# one whose schema holds objects the extension did not create.  Each
+# refusal leaves 1.0 in place; the documented fix lets the update through.
+$node->safe_psql('postgres', q{
+CREATE ROLE squatter;
+CREATE DATABASE squatted;
+GRANT CREATE ON DATABASE squatted TO squatter});
+$node->safe_psql('squatted', q{
+SET ROLE squatter;
+CREATE SCHEMA statehub_events;
+RESET ROLE;
+CREATE EXTENSION statehub_events VERSION '1.0'});
+my ($ret, $out, $err) =
+  $node->psql('squatted', 'ALTER EXTENSION statehub_events UPDATE');
+isnt($ret, 0, 'squatted schema: the update fails');
+like($err, qr/schema "statehub_events" belongs to role "squatter"/,
+	'squatted schema: the error names the schema\'s owner');
+is($node->safe_psql('squatted',
+		q{SELECT extversion FROM pg_extension WHERE extname = 'statehub_events'}),
+	'1.0', 'squatted schema: 1.0 stays in place');
+$node->safe_psql('squatted', q{
+ALTER SCHEMA statehub_events OWNER TO CURRENT_USER;
+CREATE FUNCTION statehub_events.planted() RETURNS int LANGUAGE sql AS 'SELECT 1'});
+($ret, $out, $err) =
+  $node->psql('squatted', 'ALTER EXTENSION statehub_events UPDATE');
+isnt($ret, 0, 'a planted function: the update fails');
+like($err, qr/holds function .*planted\(\) which the extension did not create/,
+	'a planted function: the error names it');
+$node->safe_psql('squatted', q{
+DROP FUNCTION statehub_events.planted();
+ALTER EXTENSION statehub_events UPDATE});
+is($node->safe_psql('squatted',
+		q{SELECT extversion FROM pg_extension WHERE extname = 'statehub_events'}),
+	'1.1', 'checked and given to the extension\'s owner, the schema updates');
+
 $node->stop;
 $nats->stop;
 done_testing();
