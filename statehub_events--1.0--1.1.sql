@@ -251,3 +251,33 @@ ALTER FUNCTION statehub_events.emit(pg_catalog.text, pg_catalog.jsonb) CALLED ON
  * the extension's owner now (search_path pinned, as before).
  */
 ALTER FUNCTION statehub_events.retry_dead_letters(pg_catalog.uuid[]) SECURITY DEFINER;
+
+-- ---------------------------------------------------------------------------
+-- Capture triggers no declaration made (1.1)
+-- ---------------------------------------------------------------------------
+
+/*
+ * Under 1.0 any role could attach capture() to its own tables (track_* and
+ * capture() were executable by PUBLIC).  Such triggers keep queueing events
+ * after the update; the update cannot tell a DBA's hand-made trigger from a
+ * forger's, so it names each one for the DBA to check (docs/operations.md).
+ */
+DO $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN
+        SELECT g.tgrelid::pg_catalog.regclass AS tbl, g.tgname
+          FROM pg_catalog.pg_trigger g
+         WHERE g.tgfoid OPERATOR(pg_catalog.=) 'statehub_events.capture()'::pg_catalog.regprocedure
+           AND NOT EXISTS (SELECT FROM statehub_events.mapping m
+                            WHERE m.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) g.tgrelid
+                              AND m.trigger_name OPERATOR(pg_catalog.=) g.tgname)
+         ORDER BY 1, 2
+    LOOP
+        RAISE WARNING 'trigger "%" on table % queues events but no statehub_events declaration made it',
+              t.tgname, t.tbl
+            USING HINT = 'Drop it unless a DBA made it on purpose: under 1.0 any role could attach capture() to its own tables.';
+    END LOOP;
+END
+$$;

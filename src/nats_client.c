@@ -512,6 +512,22 @@ split_list(char *list, char **items, int maxitems)
 	return n;
 }
 
+/*
+ * Whether a server URL asks for TLS.  cnats 3.4 accepts "tls://" but does
+ * not require TLS for it: without this the worker would speak plain text
+ * (credentials included) to a server that offers no TLS.
+ */
+static bool
+any_tls_url(char **servers, int nservers)
+{
+	int			i;
+
+	for (i = 0; i < nservers; i++)
+		if (pg_strncasecmp(servers[i], "tls://", 6) == 0)
+			return true;
+	return false;
+}
+
 /* Options from the GUCs.  Returns the status of the first failing call. */
 static natsStatus
 build_options(natsOptions **optsp, const char **what)
@@ -553,7 +569,8 @@ build_options(natsOptions **optsp, const char **what)
 		*what = "could not load the NATS credentials file";
 		s = natsOptions_SetUserCredentialsFromFiles(opts, statehub_nats_creds_file, NULL);
 	}
-	if (s == NATS_OK && (nonempty(statehub_tls_ca_file) || nonempty(statehub_tls_cert_file)))
+	if (s == NATS_OK && (nonempty(statehub_tls_ca_file) || nonempty(statehub_tls_cert_file) ||
+						 any_tls_url(servers, nservers)))
 	{
 		*what = "could not set up TLS for NATS";
 		s = natsOptions_SetSecure(opts, true);

@@ -195,6 +195,18 @@ $ids = refused('TLS without the CA', 10, $tls->port, $since,
 StatehubTest::set_gucs($node, tls_ca_file => $tls_files->{ca});
 delivered('TLS with the CA', $tls, $ids);
 
+# tls:// asks for TLS: a server that offers none is refused, never spoken to
+# in plain text (cnats alone would connect without TLS)
+my $plain = StatehubTest::Nats->new('plain');
+$plain->start;
+$since = server_now();
+StatehubTest::set_gucs($node,
+	nats_url    => 'tls://127.0.0.1:' . $plain->port,
+	tls_ca_file => '');
+$ids = refused('tls:// to a server without TLS', 10, $plain->port, $since, qr/secure/i);
+StatehubTest::set_gucs($node, nats_url => $plain->url);
+delivered('the same server by nats://', $plain, $ids);
+
 # --- secrets never reach the log --------------------------------------------
 
 # PostgreSQL itself reports every reloaded setting ("parameter ... changed
