@@ -239,7 +239,7 @@ $node->safe_psql('squatted', 'DROP FUNCTION statehub_events.planted()');
   $node->psql('squatted', 'ALTER EXTENSION statehub_events UPDATE');
 is($ret, 0, 'checked and given to the extension\'s owner: the update succeeds');
 like($err,
-	qr/WARNING:  trigger "forge" on table forged queues events but no statehub_events declaration made it/,
+	qr/WARNING:  trigger "forge" on table public.forged queues events but no statehub_events declaration made it/,
 	'the update names a capture trigger no declaration made');
 is($node->safe_psql('squatted',
 		q{SELECT extversion FROM pg_extension WHERE extname = 'statehub_events'}),
