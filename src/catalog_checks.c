@@ -15,23 +15,16 @@
 #include "catalog_checks.h"
 #include "statehub_events.h"
 
-static void
-invalid_event_type(const char *event_type, const char *detail)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("invalid event type \"%s\"", event_type),
-			 errdetail("%s", detail),
-			 errhint("An event type is a NATS subject of at least two dot-separated tokens of a-z, 0-9, \"_\" and \"-\", such as \"org.statehub.repo.registered\".")));
-}
-
 /*
- * An event type is also the subject it is published on, so it must be a
- * literal NATS subject that activity-core's "org.statehub.>" style filters
- * can match: lowercase tokens, no wildcards, at most 255 bytes.
+ * What is wrong with an event type, as a detail sentence, or NULL when it
+ * is valid.  An event type is also the subject it is published on, so it
+ * must be a literal NATS subject that activity-core's "org.statehub.>"
+ * style filters can match: lowercase tokens, no wildcards, at most 255
+ * bytes.  The worker asks this of every row it scans (a bad subject makes
+ * nats-server drop the connection), so it reports without raising.
  */
-void
-statehub_check_event_type(const char *event_type)
+const char *
+statehub_event_type_problem(const char *event_type)
 {
 	size_t		len = strlen(event_type);
 	int			ntokens = 1;
@@ -39,13 +32,9 @@ statehub_check_event_type(const char *event_type)
 	const char *p;
 
 	if (len == 0)
-		invalid_event_type(event_type, "The event type is empty.");
+		return "The event type is empty.";
 	if (len > STATEHUB_MAX_EVENT_TYPE_LEN)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid event type \"%.40s...\"", event_type),
-				 errdetail("The event type is %zu bytes long; at most %d are allowed.",
-						   len, STATEHUB_MAX_EVENT_TYPE_LEN)));
+		return "The event type is longer than 255 bytes.";
 
 	for (p = event_type; *p; p++)
 	{
@@ -54,24 +43,47 @@ statehub_check_event_type(const char *event_type)
 		if (c == '.')
 		{
 			if (toklen == 0)
-				invalid_event_type(event_type, "The event type has an empty token.");
+				return "The event type has an empty token.";
 			ntokens++;
 			toklen = 0;
 			continue;
 		}
 		if (c == '*' || c == '>')
-			invalid_event_type(event_type, "Wildcards (\"*\", \">\") are not allowed in an event type.");
+			return "Wildcards (\"*\", \">\") are not allowed in an event type.";
 		if (c <= ' ' || c == 0x7f)
-			invalid_event_type(event_type, "Whitespace and control characters are not allowed in an event type.");
+			return "Whitespace and control characters are not allowed in an event type.";
 		if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
 			  c == '_' || c == '-'))
-			invalid_event_type(event_type, "Only a-z, 0-9, \"_\", \"-\" and \".\" are allowed in an event type.");
+			return "Only a-z, 0-9, \"_\", \"-\" and \".\" are allowed in an event type.";
 		toklen++;
 	}
 	if (toklen == 0)
-		invalid_event_type(event_type, "The event type has an empty token.");
+		return "The event type has an empty token.";
 	if (ntokens < 2)
-		invalid_event_type(event_type, "The event type has only one token.");
+		return "The event type has only one token.";
+	return NULL;
+}
+
+/* Raise an ERROR unless event_type is valid (see above). */
+void
+statehub_check_event_type(const char *event_type)
+{
+	size_t		len = strlen(event_type);
+	const char *problem;
+
+	if (len > STATEHUB_MAX_EVENT_TYPE_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid event type \"%.40s...\"", event_type),
+				 errdetail("The event type is %zu bytes long; at most %d are allowed.",
+						   len, STATEHUB_MAX_EVENT_TYPE_LEN)));
+	problem = statehub_event_type_problem(event_type);
+	if (problem != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid event type \"%s\"", event_type),
+				 errdetail("%s", problem),
+				 errhint("An event type is a NATS subject of at least two dot-separated tokens of a-z, 0-9, \"_\" and \"-\", such as \"org.statehub.repo.registered\".")));
 }
 
 /*

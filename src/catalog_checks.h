@@ -14,7 +14,10 @@
 #include "access/tupdesc.h"
 #include "catalog/pg_attribute.h"
 
-/* raises ERROR unless event_type is a literal NATS subject we publish on */
+/* why event_type is not a literal NATS subject we publish on, or NULL */
+extern const char *statehub_event_type_problem(const char *event_type);
+
+/* raises ERROR unless it is one */
 extern void statehub_check_event_type(const char *event_type);
 
 /* a table's live (not dropped) column by name, or NULL */

@@ -287,7 +287,8 @@ unpin_search_path(int nestlevel)
  * table owner's domain CHECK would run with a superuser's (or a delegated
  * DBA's) rights when they declare a transition on the owner's table.  An
  * ERROR in between is cleaned up by the (sub)transaction abort, which
- * restores the user and the GUC nest level.
+ * restores the user and the GUC nest level.  execute_as_owner enters the
+ * same kind of section as the mapping table's owner.
  */
 typedef struct OwnerSection
 {
@@ -297,10 +298,10 @@ typedef struct OwnerSection
 } OwnerSection;
 
 static void
-owner_section_begin(Relation rel, OwnerSection *section)
+owner_section_begin(Oid owner, OwnerSection *section)
 {
 	GetUserIdAndSecContext(&section->save_userid, &section->save_sec);
-	SetUserIdAndSecContext(rel->rd_rel->relowner,
+	SetUserIdAndSecContext(owner,
 						   section->save_sec | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
 	section->nestlevel = pin_search_path();
@@ -334,7 +335,7 @@ convert_value(Form_pg_attribute att, Relation rel, const char *argname,
 	error_context_stack = &errcb;
 
 	getTypeInputInfo(att->atttypid, &infunc, &ioparam);
-	owner_section_begin(rel, &section);
+	owner_section_begin(rel->rd_rel->relowner, &section);
 	result = OidInputFunctionCall(infunc, (char *) value, ioparam,
 								  att->atttypmod);
 	owner_section_end(&section);
@@ -402,13 +403,11 @@ static int
 execute_as_owner(const char *sql, int nargs, Oid *argtypes, Datum *args,
 				 const char *nulls)
 {
-	Oid			save_userid;
-	int			save_sec;
 	Oid			nspid = get_namespace_oid(STATEHUB_SCHEMA, false);
 	Oid			mapid = get_relname_relid("mapping", nspid);
 	HeapTuple	tup;
 	Oid			owner;
-	int			nestlevel;
+	OwnerSection section;
 	int			ret;
 
 	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(mapid));
@@ -417,13 +416,9 @@ execute_as_owner(const char *sql, int nargs, Oid *argtypes, Datum *args,
 	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
 	ReleaseSysCache(tup);
 
-	nestlevel = pin_search_path();
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
+	owner_section_begin(owner, &section);
 	ret = SPI_execute_with_args(sql, nargs, argtypes, args, nulls, false, 0);
-	SetUserIdAndSecContext(save_userid, save_sec);
-	unpin_search_path(nestlevel);
+	owner_section_end(&section);
 	if (ret < 0)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 	return ret;
@@ -640,7 +635,7 @@ track(TrackSpec *spec)
 			OwnerSection section;
 			bool		equal;
 
-			owner_section_begin(rel, &section);
+			owner_section_begin(rel->rd_rel->relowner, &section);
 			equal = DatumGetBool(OidFunctionCall2Coll(eqfunc, att->attcollation, from, to));
 			owner_section_end(&section);
 			if (equal)

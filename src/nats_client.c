@@ -634,9 +634,7 @@ helper_main(void *arg)
 	{
 		jsErrCode	jerr = 0;
 		char	   *subjects[MAX_SERVERS];
-		int			nsubjects = 0;
-		char	   *tok;
-		char	   *save = NULL;
+		int			nsubjects;
 
 		helper.what = "could not look up the stream";
 		s = js_GetStreamInfo(&helper.si, helper.js, helper.stream_name, NULL, &jerr);
@@ -644,11 +642,8 @@ helper_main(void *arg)
 		{
 			jsStreamConfig cfg;
 
-			/* the worker trimmed the list: "a,b,c" */
-			for (tok = strtok_r(helper.subject_list, ",", &save);
-				 tok != NULL && nsubjects < MAX_SERVERS;
-				 tok = strtok_r(NULL, ",", &save))
-				subjects[nsubjects++] = tok;
+			/* split_list calls no PostgreSQL function: safe on this thread */
+			nsubjects = split_list(helper.subject_list, subjects, MAX_SERVERS);
 			jsStreamConfig_Init(&cfg);
 			cfg.Name = helper.stream_name;
 			cfg.Subjects = (const char **) subjects;

@@ -230,9 +230,6 @@ static bool scan_more = true;
 static int	error_backoff_ms = 0;
 static char last_round_error[STATEHUB_ERROR_LEN];
 
-/* The last subject found valid, so a batch of one event type checks once. */
-static char valid_subject[STATEHUB_MAX_EVENT_TYPE_LEN + 1];
-
 /*
  * Register the worker; called from _PG_init while preloading.
  */
@@ -910,6 +907,7 @@ static char *
 unpublishable(const char *subject, text *payload, int64 max_body)
 {
 	size_t		len = VARSIZE_ANY_EXHDR(payload);
+	const char *problem;
 	JsonLexContext *lex;
 	JsonParseErrorType jerr;
 
@@ -917,33 +915,9 @@ unpublishable(const char *subject, text *payload, int64 max_body)
 		return psprintf("the event is %zu bytes, which exceeds the NATS server's max_payload (%lld bytes left after the headers)",
 						len, (long long) max_body);
 
-	if (strcmp(subject, valid_subject) != 0)
-	{
-		MemoryContext cxt = CurrentMemoryContext;
-		char	   *volatile reason = NULL;
-
-		/* the capture side's own check, which reports by ERROR */
-		PG_TRY();
-		{
-			statehub_check_event_type(subject);
-		}
-		PG_CATCH();
-		{
-			ErrorData  *edata;
-
-			MemoryContextSwitchTo(cxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			reason = edata->detail != NULL ?
-				psprintf("%s: %s", edata->message, edata->detail) :
-				pstrdup(edata->message);
-			FreeErrorData(edata);
-		}
-		PG_END_TRY();
-		if (reason != NULL)
-			return reason;
-		strlcpy(valid_subject, subject, sizeof(valid_subject));
-	}
+	problem = statehub_event_type_problem(subject);
+	if (problem != NULL)
+		return psprintf("invalid event type \"%s\": %s", subject, problem);
 
 	lex = makeJsonLexContextCstringLen(VARDATA_ANY(payload), len,
 									   GetDatabaseEncoding(), false);
