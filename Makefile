@@ -22,7 +22,8 @@ OBJS = \
 	src/nats_client.o
 
 EXTENSION = statehub_events
-DATA = statehub_events--1.0.sql statehub_events--1.1.sql statehub_events--1.0--1.1.sql \
+DATA = statehub_events--1.0.sql statehub_events--1.1.sql statehub_events--1.2.sql \
+	statehub_events--1.0--1.1.sql statehub_events--1.1--1.2.sql \
 	statehub_events--1.0.control
 PGFILEDESC = "statehub_events - transactional outbox delivered to NATS JetStream"
 

@@ -7,12 +7,14 @@
 # - PostgreSQL 15 from Debian's packages is the only target: its bin directory
 #   goes first in PATH and its pg_config is the one PGXS uses, whatever else is
 #   installed. Debian's own "main" cluster on 5432 is never used or touched.
+#   STATEHUB_PG_BINDIR points at another (relocated) copy of that bin
+#   directory, so that two checkouts can install and test side by side.
 # - initdb, postgres and PostgreSQL::Test::Cluster refuse to run as root, and
 #   CI runs as root: then every server runs as an unprivileged OS user
 #   ($STATEHUB_OS_USER, default "statehub") that these helpers create.
 # - Servers listen on 127.0.0.1 only, on ports the kernel reports free.
 
-PG_BINDIR=/usr/lib/postgresql/15/bin
+PG_BINDIR=${STATEHUB_PG_BINDIR:-/usr/lib/postgresql/15/bin}
 PG_CONFIG=$PG_BINDIR/pg_config
 PATH=$PG_BINDIR:$PATH
 # UTF8 clusters with English messages, whatever the machine's locale is; the

@@ -1,10 +1,10 @@
 
 # Copyright: statehub_events contributors
 #
-# ALTER EXTENSION statehub_events UPDATE from 1.0 to 1.1, on a database in
-# use: the mappings declared under 1.0 keep firing, the events queued under
-# 1.0 are delivered to a real nats-server, and the updated extension is
-# identical to a fresh 1.1 install (every member object, its ACL and its
+# ALTER EXTENSION statehub_events UPDATE from 1.0 (through 1.1) and from 1.1
+# to the current version, on a database in use: the mappings declared under
+# 1.0 keep firing, the events queued under 1.0 are delivered to a real
+# nats-server, and each updated extension is identical to a fresh install (every member object, its ACL and its
 # initial privileges, the schema's membership, the extension's own row).
 # A mapping of a table dropped under 1.0 is gone after the update, and a
 # dump of the updated database restores.
@@ -25,6 +25,10 @@ $nats->start;
 
 # nats_url empty: what 1.0 queues waits in the outbox
 my $node = StatehubTest::new_node('upgrade', no_extension => 1);
+
+# the version a fresh CREATE EXTENSION installs
+my $current = $node->safe_psql('postgres',
+	q{SELECT default_version FROM pg_available_extensions WHERE name = 'statehub_events'});
 
 # The same user objects in both databases, declared through the extension.
 my $declare = q{
@@ -65,13 +69,13 @@ is( $node->safe_psql(
 		'postgres',
 		q{SELECT extversion || ' ' || extnamespace::regnamespace
             FROM pg_extension WHERE extname = 'statehub_events'}),
-	'1.1 pg_catalog',
-	'the extension is at 1.1, recorded in pg_catalog');
+	"$current pg_catalog",
+	"the extension is at $current, recorded in pg_catalog");
 is( $node->safe_psql('postgres', $stale_sql),
 	'0',
 	'the update forgets the mapping row of the dropped table');
 
-# the 1.0 mappings fire under 1.1
+# the 1.0 mappings fire after the update
 $node->safe_psql(
 	'postgres', q{
 INSERT INTO repos VALUES (3, 'api', 'service'), (4, 'docs', 'library');
@@ -95,10 +99,19 @@ is_deeply(
 	[ map { $_->{payload} } @$queued_10 ],
 	'events queued under 1.0 are published byte for byte');
 
-# a fresh 1.1 install with the same declarations
+# a fresh install with the same declarations
 $node->safe_psql('postgres', 'CREATE DATABASE fresh');
 $node->safe_psql('fresh', 'CREATE EXTENSION statehub_events');
 $node->safe_psql('fresh', $declare);
+
+# a 1.1 install with the same declarations, updated
+$node->safe_psql('postgres', 'CREATE DATABASE from11');
+$node->safe_psql('from11', q{CREATE EXTENSION statehub_events VERSION '1.1'});
+$node->safe_psql('from11', $declare);
+$node->safe_psql('from11', 'ALTER EXTENSION statehub_events UPDATE');
+is($node->safe_psql('from11',
+		q{SELECT extversion FROM pg_extension WHERE extname = 'statehub_events'}),
+	$current, "1.1 updates to $current");
 
 # The extension as the catalogs see it: its row, every member with its ACL
 # and initial privileges, every function's definition and settings.
@@ -148,9 +161,12 @@ SELECT n.nspname, n.nspowner::regrole, n.nspacl, obj_description(n.oid, 'pg_name
 foreach my $what (sort keys %catalog)
 {
 	my $fresh = $node->safe_psql('fresh', $catalog{$what});
-	my $updated = $node->safe_psql('postgres', $catalog{$what});
 	isnt($fresh, '', "catalog $what: the fresh install has some");
-	is($updated, $fresh, "catalog $what: the updated extension is identical to a fresh 1.1");
+	foreach my $db ('postgres', 'from11')
+	{
+		is($node->safe_psql($db, $catalog{$what}), $fresh,
+			"catalog $what: $db, updated, is identical to a fresh $current");
+	}
 }
 
 # pg_dump of both: the user's schema, and every member object (a binary
@@ -161,7 +177,7 @@ foreach my $mode ([ 'schema-only', '--schema-only' ],
 {
 	my ($name, @opts) = @$mode;
 	my %dump;
-	foreach my $db ('postgres', 'fresh')
+	foreach my $db ('postgres', 'from11', 'fresh')
 	{
 		my ($out, $err) = run_command([ 'pg_dump', @conn, @opts, $db ]);
 		is($err, '', "pg_dump $name of $db: no error");
@@ -176,11 +192,14 @@ foreach my $mode ([ 'schema-only', '--schema-only' ],
 		$dump{$db} = $out;
 	}
 	ok(length($dump{fresh}) > 1000, "pg_dump $name of the fresh install is not empty");
-	is($dump{postgres}, $dump{fresh},
-		"pg_dump $name: the updated database is identical to a fresh 1.1");
+	foreach my $db ('postgres', 'from11')
+	{
+		is($dump{$db}, $dump{fresh},
+			"pg_dump $name: $db, updated, is identical to a fresh $current");
+	}
 }
 
-# after a tracked table is dropped under 1.1, a dump restores, and holds
+# after a tracked table is dropped, a dump restores, and holds
 # no mapping of a table that is gone
 $node->safe_psql('postgres', 'DROP TABLE tasks');
 is( $node->safe_psql('postgres',
@@ -243,7 +262,7 @@ like($err,
 	'the update names a capture trigger no declaration made');
 is($node->safe_psql('squatted',
 		q{SELECT extversion FROM pg_extension WHERE extname = 'statehub_events'}),
-	'1.1', 'checked and given to the extension\'s owner, the schema updates');
+	$current, 'checked and given to the extension\'s owner, the schema updates');
 
 $node->stop;
 $nats->stop;

@@ -1,0 +1,460 @@
+/* statehub_events--1.2.sql */
+
+-- complain if script is sourced in psql, rather than via CREATE EXTENSION
+\echo Use "CREATE EXTENSION statehub_events" to load this file. \quit
+
+/*
+ * Every object lives in the fixed schema statehub_events; every built-in is
+ * pg_catalog-qualified and every function that runs SQL pins search_path,
+ * so nothing here can be redirected by a caller's search_path.
+ */
+
+-- ---------------------------------------------------------------------------
+-- The schema (1.1): the extension's own
+-- ---------------------------------------------------------------------------
+
+/*
+ * Created here rather than by the control file (whose schema is
+ * pg_catalog, as pg_cron's), so it is a member of the extension: DROP
+ * EXTENSION drops it, and CREATE EXTENSION fails on a schema that already
+ * exists instead of adopting one another role prepared.
+ */
+CREATE SCHEMA statehub_events;
+
+COMMENT ON SCHEMA statehub_events IS
+'Objects of the statehub_events extension (dropped with it).';
+
+/*
+ * Anyone may look up the extension's objects; each table, view and function
+ * below carries its own rights (the outbox and dead letters: none).
+ */
+GRANT USAGE ON SCHEMA statehub_events TO PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- The DBA's declarations
+-- ---------------------------------------------------------------------------
+
+CREATE TABLE statehub_events.mapping (
+    table_name      pg_catalog.regclass NOT NULL,
+    event_type      pg_catalog.text NOT NULL,
+    operation       pg_catalog.text NOT NULL,
+    column_name     pg_catalog.name,
+    from_value      pg_catalog.text,
+    to_value        pg_catalog.text,
+    attributes      pg_catalog.text[],
+    condition       pg_catalog.text,
+    trigger_name    pg_catalog.name NOT NULL,
+    declared_at     pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (table_name, event_type),
+    CONSTRAINT mapping_operation_check
+        CHECK (operation IN ('insert', 'update', 'delete'))
+);
+
+COMMENT ON TABLE statehub_events.mapping IS
+'Row changes declared as events (written by track_insert, track_transition, track_delete and untrack; read through the mappings view).';
+
+SELECT pg_catalog.pg_extension_config_dump('statehub_events.mapping', '');
+
+/*
+ * A mapping is in force while its trigger exists.  A DROP TABLE, or a DROP
+ * COLUMN ... CASCADE that takes a transition trigger with it, leaves a stale
+ * row behind; the view hides it and the next track/untrack on the table
+ * prunes it.  column_name is read from the trigger, so it follows a RENAME.
+ */
+CREATE VIEW statehub_events.mappings AS
+SELECT m.table_name,
+       m.event_type,
+       m.operation,
+       a.attname AS column_name,
+       m.from_value,
+       m.to_value,
+       m.attributes,
+       m.condition
+  FROM statehub_events.mapping m
+  JOIN pg_catalog.pg_trigger t
+    ON t.tgrelid = m.table_name::pg_catalog.oid
+   AND t.tgname = m.trigger_name
+  LEFT JOIN pg_catalog.pg_attribute a
+    ON m.operation = 'update'
+   AND a.attrelid = t.tgrelid
+   AND a.attnum = t.tgattr[0]
+ ORDER BY m.table_name::pg_catalog.text, m.event_type;
+
+COMMENT ON VIEW statehub_events.mappings IS
+'The row changes that are currently captured as events, one row per (table, event type).';
+
+GRANT SELECT ON statehub_events.mappings TO PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- The outbox: events queued by committed transactions, drained by the worker
+-- ---------------------------------------------------------------------------
+
+/* Drain order.  CACHE 1 keeps ids in allocation order across backends. */
+CREATE SEQUENCE statehub_events.outbox_id_seq AS pg_catalog.int8 CACHE 1;
+
+COMMENT ON SEQUENCE statehub_events.outbox_id_seq IS
+'Drain order of statehub_events.outbox.';
+
+/*
+ * A queue table that churns.  Only the primary key is indexed: capture
+ * appends with a direct heap and index insert (see src/outbox.c), and the
+ * worker walks the primary key from a cursor it keeps, so it never wades
+ * through the dead entries that a held-back xmin leaves behind it.  Vacuum
+ * is told to keep up with the churn on its own.
+ */
+CREATE TABLE statehub_events.outbox (
+    id              pg_catalog.int8 NOT NULL
+                    DEFAULT pg_catalog.nextval('statehub_events.outbox_id_seq'::pg_catalog.regclass),
+    event_id        pg_catalog.uuid NOT NULL,
+    subject         pg_catalog.text NOT NULL,
+    payload         pg_catalog.text NOT NULL,
+    enqueued_at     pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    attempts        pg_catalog.int4 NOT NULL DEFAULT 0,
+    next_attempt_at pg_catalog.timestamptz,
+    last_error      pg_catalog.text,
+    CONSTRAINT outbox_pkey PRIMARY KEY (id)
+) WITH (autovacuum_vacuum_scale_factor = 0.0,
+        autovacuum_vacuum_threshold = 10000,
+        autovacuum_vacuum_cost_delay = 0);
+
+ALTER SEQUENCE statehub_events.outbox_id_seq OWNED BY statehub_events.outbox.id;
+
+/*
+ * Delivery worker (issue 9): the worker finds due retries below its scan
+ * cursor through this index instead of rescanning the outbox from its
+ * start; only rescheduled rows have next_attempt_at, so it stays small.
+ */
+CREATE INDEX outbox_next_attempt_at_idx ON statehub_events.outbox (next_attempt_at)
+    WHERE next_attempt_at IS NOT NULL;
+
+COMMENT ON TABLE statehub_events.outbox IS
+'Events queued by committed transactions, waiting for delivery to NATS JetStream; payload is the exact published body.';
+COMMENT ON COLUMN statehub_events.outbox.id IS 'Drain order (oldest first).';
+COMMENT ON COLUMN statehub_events.outbox.event_id IS 'Envelope id, published as the Nats-Msg-Id header.';
+COMMENT ON COLUMN statehub_events.outbox.subject IS 'NATS subject (the event type).';
+COMMENT ON COLUMN statehub_events.outbox.payload IS 'The envelope, byte for byte as it is published.';
+COMMENT ON COLUMN statehub_events.outbox.attempts IS 'Delivery attempts the event was rejected on.';
+COMMENT ON COLUMN statehub_events.outbox.next_attempt_at IS 'Not retried before this time; NULL when ready now.';
+COMMENT ON COLUMN statehub_events.outbox.last_error IS 'Why the last attempt was rejected.';
+
+SELECT pg_catalog.pg_extension_config_dump('statehub_events.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('statehub_events.outbox_id_seq', '');
+
+CREATE TABLE statehub_events.dead_letter (
+    id              pg_catalog.int8 NOT NULL,
+    event_id        pg_catalog.uuid NOT NULL,
+    subject         pg_catalog.text NOT NULL,
+    payload         pg_catalog.text NOT NULL,
+    enqueued_at     pg_catalog.timestamptz NOT NULL,
+    attempts        pg_catalog.int4 NOT NULL,
+    failed_at       pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    reason          pg_catalog.text NOT NULL,
+    CONSTRAINT dead_letter_pkey PRIMARY KEY (id)
+);
+
+CREATE INDEX dead_letter_event_id_idx ON statehub_events.dead_letter (event_id);
+
+COMMENT ON TABLE statehub_events.dead_letter IS
+'Events that could not be delivered, with the reason; retry_dead_letters() puts them back in the outbox.';
+
+SELECT pg_catalog.pg_extension_config_dump('statehub_events.dead_letter', '');
+
+REVOKE ALL ON statehub_events.mapping, statehub_events.outbox,
+              statehub_events.dead_letter FROM PUBLIC;
+REVOKE ALL ON SEQUENCE statehub_events.outbox_id_seq FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Capture
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION statehub_events.capture()
+RETURNS pg_catalog.trigger
+AS 'MODULE_PATHNAME', 'capture'
+LANGUAGE C;
+
+COMMENT ON FUNCTION statehub_events.capture() IS
+'Row trigger that queues an event in statehub_events.outbox; created by track_insert, track_transition and track_delete.';
+
+CREATE FUNCTION statehub_events.track_insert(tbl pg_catalog.regclass,
+                                             event_type pg_catalog.text,
+                                             attributes pg_catalog.text[] DEFAULT NULL,
+                                             condition pg_catalog.text DEFAULT NULL)
+RETURNS pg_catalog.void
+AS 'MODULE_PATHNAME', 'track_insert'
+LANGUAGE C;
+
+COMMENT ON FUNCTION statehub_events.track_insert(pg_catalog.regclass, pg_catalog.text, pg_catalog.text[], pg_catalog.text) IS
+'Queues an event_type event for every committed INSERT into tbl (rows matching condition, an expression over NEW, when given).';
+
+CREATE FUNCTION statehub_events.track_transition(tbl pg_catalog.regclass,
+                                                 column_name pg_catalog.name,
+                                                 to_value pg_catalog.text,
+                                                 event_type pg_catalog.text,
+                                                 from_value pg_catalog.text DEFAULT NULL,
+                                                 attributes pg_catalog.text[] DEFAULT NULL)
+RETURNS pg_catalog.void
+AS 'MODULE_PATHNAME', 'track_transition'
+LANGUAGE C;
+
+COMMENT ON FUNCTION statehub_events.track_transition(pg_catalog.regclass, pg_catalog.name, pg_catalog.text, pg_catalog.text, pg_catalog.text, pg_catalog.text[]) IS
+'Queues an event_type event for every committed UPDATE that changes column_name to to_value (from from_value, when given).';
+
+CREATE FUNCTION statehub_events.track_delete(tbl pg_catalog.regclass,
+                                             event_type pg_catalog.text,
+                                             attributes pg_catalog.text[] DEFAULT NULL)
+RETURNS pg_catalog.void
+AS 'MODULE_PATHNAME', 'track_delete'
+LANGUAGE C;
+
+COMMENT ON FUNCTION statehub_events.track_delete(pg_catalog.regclass, pg_catalog.text, pg_catalog.text[]) IS
+'Queues an event_type event, built from the old row, for every committed DELETE from tbl.';
+
+CREATE FUNCTION statehub_events.untrack(tbl pg_catalog.regclass,
+                                        event_type pg_catalog.text)
+RETURNS pg_catalog.bool
+AS 'MODULE_PATHNAME', 'untrack'
+LANGUAGE C STRICT;
+
+COMMENT ON FUNCTION statehub_events.untrack(pg_catalog.regclass, pg_catalog.text) IS
+'Stops capturing event_type from tbl; returns whether such a mapping existed.';
+
+CREATE FUNCTION statehub_events.emit(event_type pg_catalog.text,
+                                     attributes pg_catalog.jsonb DEFAULT '{}')
+RETURNS pg_catalog.uuid
+AS 'MODULE_PATHNAME', 'emit'
+LANGUAGE C CALLED ON NULL INPUT VOLATILE;
+
+COMMENT ON FUNCTION statehub_events.emit(pg_catalog.text, pg_catalog.jsonb) IS
+'Queues one event_type event with the given attributes object in the current transaction; returns its id.';
+
+/* Forging events is a DBA's right, not an application's. */
+REVOKE ALL ON FUNCTION statehub_events.emit(pg_catalog.text, pg_catalog.jsonb) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Operations
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION statehub_events.worker_status(
+    OUT pid pg_catalog.int4,
+    OUT state pg_catalog.text,
+    OUT server pg_catalog.text,
+    OUT stream pg_catalog.text,
+    OUT published pg_catalog.int8,
+    OUT failed pg_catalog.int8,
+    OUT last_error pg_catalog.text,
+    OUT last_error_at pg_catalog.timestamptz,
+    OUT last_publish_at pg_catalog.timestamptz,
+    OUT dedup_window pg_catalog.interval)
+RETURNS record
+AS 'MODULE_PATHNAME', 'worker_status'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION statehub_events.worker_status() IS
+'The delivery worker''s shared state; read it through the status view.';
+
+CREATE VIEW statehub_events.status AS
+SELECT w.pid,
+       w.state,
+       w.server,
+       w.stream,
+       q.queued,
+       pg_catalog.now() - q.oldest_enqueued_at AS oldest_queued_age,
+       q.retrying,
+       d.dead_letters,
+       w.published,
+       w.failed,
+       w.last_error,
+       w.last_error_at,
+       w.last_publish_at,
+       w.dedup_window,
+       COALESCE(q.oldest_enqueued_at < pg_catalog.now() - w.dedup_window,
+                false) AS dedup_window_exceeded
+  FROM statehub_events.worker_status() w,
+       LATERAL (SELECT pg_catalog.count(*) AS queued,
+                       pg_catalog.min(o.enqueued_at) AS oldest_enqueued_at,
+                       pg_catalog.count(*) FILTER (WHERE o.attempts > 0) AS retrying
+                  FROM statehub_events.outbox o) q,
+       LATERAL (SELECT pg_catalog.count(*) AS dead_letters
+                  FROM statehub_events.dead_letter) d;
+
+COMMENT ON VIEW statehub_events.status IS
+'Delivery health: worker state, NATS server and stream, queue depth and age, dead letters, counters, last error.';
+
+REVOKE ALL ON statehub_events.status FROM PUBLIC;
+REVOKE ALL ON FUNCTION statehub_events.worker_status() FROM PUBLIC;
+GRANT SELECT ON statehub_events.status TO pg_monitor;
+GRANT EXECUTE ON FUNCTION statehub_events.worker_status() TO pg_monitor;
+
+CREATE FUNCTION statehub_events.wake_worker()
+RETURNS pg_catalog.void
+AS 'MODULE_PATHNAME', 'wake_worker'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION statehub_events.wake_worker() IS
+'Wakes the delivery worker when the current transaction commits (for rows put in the outbox by hand).';
+
+REVOKE ALL ON FUNCTION statehub_events.wake_worker() FROM PUBLIC;
+
+/*
+ * SECURITY DEFINER: the role granted EXECUTE (docs/security.md) has, and
+ * needs, no rights on the outbox or the dead letters; it can only move dead
+ * letters back as they are.
+ */
+CREATE FUNCTION statehub_events.retry_dead_letters(event_ids pg_catalog.uuid[] DEFAULT NULL)
+RETURNS pg_catalog.int8
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    moved pg_catalog.int8;
+BEGIN
+    /*
+     * A retried event gets a new drain key: the worker's cursor may already
+     * be past its old one.  It keeps its event id, so a copy that did reach
+     * the stream is still dropped there as a duplicate.
+     */
+    WITH gone AS (
+        DELETE FROM statehub_events.dead_letter d
+         WHERE event_ids IS NULL OR d.event_id = ANY (event_ids)
+        RETURNING d.id, d.event_id, d.subject, d.payload, d.enqueued_at
+    ), ordered AS (
+        SELECT g.event_id, g.subject, g.payload, g.enqueued_at
+          FROM gone g
+         ORDER BY g.id
+    )
+    INSERT INTO statehub_events.outbox (event_id, subject, payload, enqueued_at)
+    SELECT o.event_id, o.subject, o.payload, o.enqueued_at
+      FROM ordered o;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    IF moved > 0 THEN
+        PERFORM statehub_events.wake_worker();
+    END IF;
+    RETURN moved;
+END
+$$;
+
+COMMENT ON FUNCTION statehub_events.retry_dead_letters(pg_catalog.uuid[]) IS
+'Puts dead letters (all, or those with the given event ids) back in the outbox; returns how many.';
+
+REVOKE ALL ON FUNCTION statehub_events.retry_dead_letters(pg_catalog.uuid[]) FROM PUBLIC;
+
+CREATE FUNCTION statehub_events.wait_for_drain(timeout pg_catalog.interval DEFAULT '30 s')
+RETURNS pg_catalog.bool
+AS 'MODULE_PATHNAME', 'wait_for_drain'
+LANGUAGE C STRICT VOLATILE;
+
+COMMENT ON FUNCTION statehub_events.wait_for_drain(pg_catalog.interval) IS
+'Blocks until the outbox is empty (true) or the timeout passes (false); for deploy scripts and tests.';
+
+REVOKE ALL ON FUNCTION statehub_events.wait_for_drain(pg_catalog.interval) FROM PUBLIC;
+
+-- A DBA should hear at once when delivery cannot start: warn when the
+-- library is not preloaded (capture works, events wait in the outbox).
+CREATE FUNCTION statehub_events.warn_if_no_worker()
+RETURNS pg_catalog.void
+AS 'MODULE_PATHNAME', 'warn_if_no_worker'
+LANGUAGE C;
+SELECT statehub_events.warn_if_no_worker();
+DROP FUNCTION statehub_events.warn_if_no_worker();
+
+-- ---------------------------------------------------------------------------
+-- Privileges and mapping hygiene (1.1)
+-- ---------------------------------------------------------------------------
+
+/*
+ * Declaring events and queueing them are the DBA's rights, as in pg_cron:
+ * a superuser can, and grants them (see docs/security.md).  capture() is
+ * revoked too, because CREATE TRIGGER checks EXECUTE on it: without the
+ * grant, no hand-made trigger can queue events either.
+ */
+REVOKE ALL ON FUNCTION statehub_events.capture() FROM PUBLIC;
+REVOKE ALL ON FUNCTION statehub_events.track_insert(pg_catalog.regclass, pg_catalog.text, pg_catalog.text[], pg_catalog.text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION statehub_events.track_transition(pg_catalog.regclass, pg_catalog.name, pg_catalog.text, pg_catalog.text, pg_catalog.text, pg_catalog.text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION statehub_events.track_delete(pg_catalog.regclass, pg_catalog.text, pg_catalog.text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION statehub_events.untrack(pg_catalog.regclass, pg_catalog.text) FROM PUBLIC;
+
+/*
+ * No mapping outlives its trigger: whatever drops a tracked table or a
+ * capture trigger (DROP TABLE, DROP SCHEMA ... CASCADE, DROP OWNED, DROP
+ * COLUMN ... CASCADE, DROP TRIGGER) forgets the mapping rows in the same
+ * transaction, so pg_dump never writes the OID of a table that is gone.
+ * It runs as the extension's owner (the dropping role has no rights on
+ * the mapping table), with a pinned search_path and qualified operators.
+ */
+CREATE FUNCTION statehub_events.forget_dropped_mappings()
+RETURNS pg_catalog.event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM statehub_events.mapping m
+     WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t
+                        WHERE t.tgrelid OPERATOR(pg_catalog.=) m.table_name::pg_catalog.oid
+                          AND t.tgname OPERATOR(pg_catalog.=) m.trigger_name);
+END
+$$;
+
+COMMENT ON FUNCTION statehub_events.forget_dropped_mappings() IS
+'Event trigger function: deletes the mapping rows whose capture trigger was dropped.';
+
+REVOKE ALL ON FUNCTION statehub_events.forget_dropped_mappings() FROM PUBLIC;
+
+CREATE EVENT TRIGGER statehub_events_forget_dropped_mappings ON sql_drop
+    EXECUTE FUNCTION statehub_events.forget_dropped_mappings();
+
+COMMENT ON EVENT TRIGGER statehub_events_forget_dropped_mappings IS
+'Keeps statehub_events.mapping free of rows whose table or trigger was dropped.';
+
+/*
+ * A capture trigger keeps the name its declaration gave it: renamed, it
+ * would go on publishing while the mapping row (which names it) looks
+ * dropped, so the next DROP of anything would forget the row and a new
+ * declaration of the same event would add a second trigger (every event
+ * twice).  ALTER TRIGGER ... RENAME of a declared capture trigger is
+ * refused; untrack() and a new declaration change a declaration.
+ */
+CREATE FUNCTION statehub_events.refuse_capture_trigger_rename()
+RETURNS pg_catalog.event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    renamed record;
+BEGIN
+    /* a renamed capture trigger, and the declaration whose trigger it was */
+    FOR renamed IN
+        SELECT m.trigger_name, m.event_type, m.table_name
+          FROM pg_catalog.pg_event_trigger_ddl_commands() c
+          JOIN pg_catalog.pg_trigger t ON t.oid OPERATOR(pg_catalog.=) c.objid
+          JOIN statehub_events.mapping m
+            ON m.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) t.tgrelid
+         WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass
+           AND t.tgfoid OPERATOR(pg_catalog.=) 'statehub_events.capture()'::pg_catalog.regprocedure
+           AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger o
+                            WHERE o.tgrelid OPERATOR(pg_catalog.=) t.tgrelid
+                              AND o.tgname OPERATOR(pg_catalog.=) m.trigger_name)
+    LOOP
+        RAISE EXCEPTION 'cannot rename trigger "%" on table %',
+              renamed.trigger_name, renamed.table_name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('It is the capture trigger of event "%s", declared with statehub_events.',
+                                             renamed.event_type),
+                  HINT = 'Use statehub_events.untrack() and declare the event again.';
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION statehub_events.refuse_capture_trigger_rename() IS
+'Event trigger function: refuses to rename the capture trigger of a declared event.';
+
+REVOKE ALL ON FUNCTION statehub_events.refuse_capture_trigger_rename() FROM PUBLIC;
+
+CREATE EVENT TRIGGER statehub_events_refuse_capture_trigger_rename ON ddl_command_end
+    WHEN TAG IN ('ALTER TRIGGER')
+    EXECUTE FUNCTION statehub_events.refuse_capture_trigger_rename();
+
+COMMENT ON EVENT TRIGGER statehub_events_refuse_capture_trigger_rename IS
+'Keeps each declared capture trigger under the name its mapping row records.';
