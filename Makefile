@@ -18,6 +18,7 @@ OBJS = \
 	src/admin.o \
 	src/shmem.o \
 	src/worker.o \
+	src/pipeline.o \
 	src/cursor.o \
 	src/nats_client.o
 

@@ -17,6 +17,7 @@
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
+#include "utils/timestamp.h"
 
 #include "shmem.h"
 
@@ -143,4 +144,15 @@ statehub_worker_state_name(StatehubWorkerStateCode state)
 			return "backoff";
 	}
 	return "unknown";
+}
+
+/* Record an error that does not change the worker's state (a rejected event...). */
+void
+statehub_shmem_record_error(const char *error)
+{
+	SpinLockAcquire(&statehub_shared->mutex);
+	strlcpy(statehub_shared->last_error, error,
+			sizeof(statehub_shared->last_error));
+	statehub_shared->last_error_at = GetCurrentTimestamp();
+	SpinLockRelease(&statehub_shared->mutex);
 }

@@ -66,6 +66,7 @@ extern void statehub_shmem_install_hooks(void);
 extern void statehub_shmem_wake_worker(void);
 extern void statehub_shmem_worker_started(pid_t pid, Latch *latch);
 extern void statehub_shmem_worker_stopped(void);
+extern void statehub_shmem_record_error(const char *error);
 extern const char *statehub_worker_state_name(StatehubWorkerStateCode state);
 
 #endif							/* STATEHUB_SHMEM_H */
