@@ -113,7 +113,11 @@
  * was first, and failed reconnects publish nothing, so they do not count;
  * five losses in a row on the same event, each after a successful
  * reconnect, are not the network.  Small, so one bad row stalls delivery
- * for seconds (the reconnect backoff), not forever.
+ * for seconds (the reconnect backoff), not forever.  After its first loss
+ * the suspect goes out alone (a batch of one): a loss that took several
+ * events with it says nothing about which of them the server choked on,
+ * and an innocent event that happened to be first then gets its answer,
+ * is cleared, and the next unanswered one becomes the suspect.
  */
 #define POISON_LOSSES 5
 
@@ -175,7 +179,7 @@ static Batch *answered = NULL;
 /* The poison guard (POISON_LOSSES): the suspect and its losses so far. */
 static int64 suspect_id = -1;
 static int	suspect_losses = 0;
-static int64 poison_id = -1;	/* to dead-letter when settled */
+static int64 poison_id = -1;	/* to dead-letter when next scanned */
 
 /* ---------------------------------------------------------------------
  * Batches
@@ -503,9 +507,9 @@ statehub_pipeline_forget_in_flight(void)
 
 /*
  * Sort the answered events of a finished batch into what the transaction
- * must do: delete the acked, reschedule or dead-letter the rejected, and
- * dead-letter the poison suspect; the lowest unanswered id keeps the
- * cursor at or below it.
+ * must do: delete the acked, reschedule or dead-letter the rejected; the
+ * lowest unanswered id keeps the cursor at or below it (a poison suspect
+ * among them is dead-lettered by the scan that sees it next).
  */
 static void
 settle_batch(Batch *b, TimestampTz now, Settled *out, RowUpdates *retry,
@@ -539,18 +543,6 @@ settle_batch(Batch *b, TimestampTz now, Settled *out, RowUpdates *retry,
 				}
 				break;
 			case STATEHUB_PUB_PENDING:
-				if (row->id == poison_id)
-				{
-					out->nrejected++;
-					add_update(dead, row->id, row->attempts + 1,
-							   psprintf("suspected poison: the connection to NATS was lost %d times in a row with this event the first without an answer",
-										POISON_LOSSES),
-							   now);
-					poison_id = -1;
-					suspect_id = -1;
-					suspect_losses = 0;
-					break;
-				}
 				/* no answer: stays as it is, and the cursor stays below it */
 				out->unanswered = Min(out->unanswered, row->id);
 				break;
@@ -641,7 +633,9 @@ scan_batch(int64 from, bool retry_pass, int nskip, TimestampTz now,
 {
 	StatehubBatchResult result = STATEHUB_BATCH_DONE;
 	Datum		values[3];
-	int			limit = statehub_batch_size + nskip;
+	/* a poison suspect goes out alone (POISON_LOSSES) */
+	int			batch_size = suspect_losses > 0 ? 1 : statehub_batch_size;
+	int			limit = batch_size + nskip;
 	SPITupleTable *due_rows = NULL;
 	int			ndue = 0;
 	int			nrows;
@@ -701,7 +695,7 @@ scan_batch(int64 from, bool retry_pass, int nskip, TimestampTz now,
 		}
 
 		/* a full batch already: what follows was not seen */
-		if (taken == statehub_batch_size)
+		if (taken == batch_size)
 		{
 			result = STATEHUB_BATCH_FULL;
 			if (i < ndue)
@@ -724,6 +718,15 @@ scan_batch(int64 from, bool retry_pass, int nskip, TimestampTz now,
 		payload = DatumGetTextPP(SPI_getbinval(tup, desc, 4, &isnull));
 		subject = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
 		reason = unpublishable(subject, payload, max_body);
+		if (reason == NULL && id == poison_id)
+		{
+			/* the poison guard's verdict: its last loss was an attempt */
+			reason = psprintf("suspected poison: the connection to NATS was lost %d times in a row with this event the first without an answer",
+							  POISON_LOSSES);
+			attempts++;
+			poison_id = suspect_id = -1;
+			suspect_losses = 0;
+		}
 		if (reason != NULL)
 		{
 			add_update(dead, id, attempts, reason, now);
@@ -926,6 +929,25 @@ statehub_pipeline_transaction(bool scan, bool *progress)
 }
 
 /*
+ * The connection was lost with the event at id the first without an
+ * answer (while its batch went out, or while it waited for acks): one more
+ * loss for the poison guard (POISON_LOSSES).
+ */
+static void
+count_loss(int64 id)
+{
+	if (id == suspect_id)
+		suspect_losses++;
+	else
+	{
+		suspect_id = id;
+		suspect_losses = 1;
+	}
+	if (suspect_losses >= POISON_LOSSES)
+		poison_id = id;
+}
+
+/*
  * Wait (outside any transaction) for the acks of the batch in flight; it
  * becomes the answered batch, settled by the next transaction.  False on a
  * connection-level failure (error says why); a connection lost with events
@@ -980,17 +1002,7 @@ statehub_pipeline_collect(char *error, size_t errlen, bool *stream_trouble)
 		/* below the cursor at once: everything after it goes out again */
 		statehub_cursor_lower(first);
 		if (!ok && !statehub_nats_connected())
-		{
-			if (first == suspect_id)
-				suspect_losses++;
-			else
-			{
-				suspect_id = first;
-				suspect_losses = 1;
-			}
-			if (suspect_losses >= POISON_LOSSES)
-				poison_id = first;
-		}
+			count_loss(first);
 	}
 	answered = in_flight;
 	in_flight = NULL;
@@ -1012,6 +1024,9 @@ statehub_pipeline_publish(bool full, char *error, size_t errlen)
 									statehub_publish_timeout,
 									error, errlen) != STATEHUB_NATS_OK)
 	{
+		/* everything before it has its answer: its first event is first */
+		if (!statehub_nats_connected())
+			count_loss(scanned->rows[0].id);
 		drop_batch(&scanned);
 		return false;
 	}
