@@ -279,18 +279,17 @@ warn_if_no_worker(PG_FUNCTION_ARGS)
 				 errmsg("statehub_events is not in shared_preload_libraries, so no delivery worker runs"),
 				 errdetail("Row changes are captured, but their events wait in statehub_events.outbox until a worker delivers them."),
 				 errhint("Add statehub_events to shared_preload_libraries and restart the server.")));
-	else
+	else if (statehub_drained_elsewhere() != NULL)
 	{
 		char	   *dbname = get_database_name(MyDatabaseId);
 
-		if (dbname != NULL && strcmp(dbname, statehub_database) != 0)
-			ereport(WARNING,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("the statehub_events delivery worker drains database \"%s\", not database \"%s\"",
-							statehub_database, dbname),
-					 errdetail("Events captured in this database wait in statehub_events.outbox."),
-					 errhint("Set statehub_events.database to \"%s\" and restart the server.",
-							 dbname)));
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the statehub_events delivery worker drains database \"%s\", not database \"%s\"",
+						statehub_database, dbname),
+				 errdetail("Events captured in this database wait in statehub_events.outbox."),
+				 errhint("Set statehub_events.database to \"%s\" and restart the server.",
+						 dbname)));
 	}
 	PG_RETURN_VOID();
 }
