@@ -566,13 +566,14 @@ GRANT SELECT ON statehub_events.undelivered TO pg_monitor;
  * refused while the outbox or the dead letters hold events: losing them
  * is a decision (wait_for_drain(), or delete the rows on purpose), not a
  * side effect of CASCADE.  The function reads the parse tree, hence C; it
- * runs as the extension's owner with a pinned search_path.
+ * runs as the caller (only one with the owner's privileges can drop the
+ * extension, and only such a one learns how much it holds), with a pinned
+ * search_path.
  */
 CREATE FUNCTION statehub_events.refuse_drop_with_events()
 RETURNS pg_catalog.event_trigger
 AS 'MODULE_PATHNAME', 'refuse_drop_with_events'
 LANGUAGE C
-SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION statehub_events.refuse_drop_with_events() IS

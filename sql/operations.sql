@@ -55,6 +55,10 @@ SELECT attname FROM pg_attribute
 DROP EXTENSION statehub_events;
 DROP EXTENSION statehub_events CASCADE;
 DROP EXTENSION IF EXISTS no_such_extension, statehub_events CASCADE;
+-- a role without the owner's privileges learns nothing of the queue
+SET ROLE regress_plain;
+DROP EXTENSION statehub_events CASCADE;
+RESET ROLE;
 -- and so is a DROP OWNED that would take the extension with it
 BEGIN;
 DROP OWNED BY CURRENT_USER CASCADE;

@@ -128,6 +128,8 @@ statehub_counters_note(const char *event_type, bool published)
 	CounterEntry *entry;
 	bool		found;
 
+	if (batch_notes == NULL)
+		statehub_counters_begin();
 	if (strlen(event_type) >= COUNTER_KEY_LEN)
 		event_type = STATEHUB_COUNTERS_OTHER;
 	entry = hash_search(batch_notes, event_type, HASH_ENTER, &found);

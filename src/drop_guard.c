@@ -59,26 +59,33 @@ drops_extension(DropStmt *stmt)
 }
 
 /*
- * Does DROP OWNED name the owner of the outbox (the role that created the
- * extension, whose objects DROP OWNED drops, the extension included)?
+ * The owner of the outbox: the role that created the extension, who owns
+ * its objects (InvalidOid if there is no outbox).
  */
-static bool
-drops_owner(DropOwnedStmt *stmt)
+static Oid
+outbox_owner(void)
 {
 	Oid			nspid = get_namespace_oid(EXTENSION_NAME, true);
 	Oid			outbox;
 	HeapTuple	tup;
 	Oid			owner;
-	ListCell   *lc;
 
 	outbox = OidIsValid(nspid) ? get_relname_relid("outbox", nspid) : InvalidOid;
 	if (!OidIsValid(outbox))
-		return false;
+		return InvalidOid;
 	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(outbox));
 	if (!HeapTupleIsValid(tup))
-		return false;
+		return InvalidOid;
 	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
 	ReleaseSysCache(tup);
+	return owner;
+}
+
+/* Does DROP OWNED name the owner (whose objects include the extension)? */
+static bool
+drops_owner(DropOwnedStmt *stmt, Oid owner)
+{
+	ListCell   *lc;
 
 	foreach(lc, stmt->roles)
 	{
@@ -105,15 +112,17 @@ count_rows(const char *sql)
 
 /*
  * refuse_drop_with_events(): the ddl_command_start event trigger function
- * for DROP EXTENSION and DROP OWNED.  Runs as the extension's owner
- * (SECURITY DEFINER, pinned search_path): whoever may drop the extension
- * may learn how much it holds.
+ * for DROP EXTENSION and DROP OWNED.  It runs as the caller: one who does
+ * not have the owner's privileges cannot drop the extension anyway
+ * (PostgreSQL refuses that next) and learns nothing of the queue here;
+ * one who does may read the owner's tables.
  */
 Datum
 refuse_drop_with_events(PG_FUNCTION_ARGS)
 {
 	EventTriggerData *trigdata;
 	Node	   *parsetree;
+	Oid			owner;
 	int64		queued;
 	int64		dead;
 
@@ -123,6 +132,9 @@ refuse_drop_with_events(PG_FUNCTION_ARGS)
 				 errmsg("function \"refuse_drop_with_events\" was not called by the event trigger manager")));
 	trigdata = (EventTriggerData *) fcinfo->context;
 	parsetree = trigdata->parsetree;
+	owner = outbox_owner();
+	if (!OidIsValid(owner) || !has_privs_of_role(GetUserId(), owner))
+		PG_RETURN_VOID();
 
 	if (IsA(parsetree, DropStmt))
 	{
@@ -131,7 +143,7 @@ refuse_drop_with_events(PG_FUNCTION_ARGS)
 	}
 	else if (IsA(parsetree, DropOwnedStmt))
 	{
-		if (!drops_owner((DropOwnedStmt *) parsetree))
+		if (!drops_owner((DropOwnedStmt *) parsetree, owner))
 			PG_RETURN_VOID();
 	}
 	else
