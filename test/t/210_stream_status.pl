@@ -11,7 +11,8 @@
 #  9. last_error stays with its time but is marked resolved once the worker
 #     is connected again; per-event-type counters count published and
 #     failed events, are readable by pg_monitor and reset by
-#     reset_counters().
+#     reset_counters(), and beyond 1000 event types count the rest
+#     together as (other).
 
 use strict;
 use warnings;
@@ -113,8 +114,9 @@ is(StatehubTest::dead_letter_count($node), 1, 'the broken row is a dead letter')
 
 my $counters = q{SELECT string_agg(event_type || '=' || published || '/' || failed, ' ' ORDER BY event_type)
                    FROM statehub_events.event_counters};
-is($node->safe_psql('postgres', $counters),
-	'org.statehub.test.broken=0/1 org.statehub.test.created=20/0 org.statehub.test.emitted=4/0',
+# (counted just after the commit that empties the outbox)
+ok( $node->poll_query_until('postgres', $counters,
+		'org.statehub.test.broken=0/1 org.statehub.test.created=20/0 org.statehub.test.emitted=4/0'),
 	'per-event-type counters: published and failed since the worker started');
 is($node->safe_psql('postgres',
 		'SELECT published || \'/\' || failed FROM statehub_events.status'),
@@ -141,6 +143,18 @@ StatehubTest::insert_events($node, 2);
 ok(StatehubTest::wait_for_drain($node), 'events after the reset drain');
 ok( $node->poll_query_until('postgres', $counters, 'org.statehub.test.created=2/0'),
 	'and are counted from zero');
+
+# more event types than the shared table holds: the rest count as (other)
+$node->safe_psql('postgres',
+	q{SELECT statehub_events.emit('org.statehub.test.t' || g, '{}') FROM generate_series(1, 1005) g});
+ok(StatehubTest::wait_for_drain($node), '1005 events of as many types drain');
+# (the counters are added to just after the commit that empties the outbox)
+ok( $node->poll_query_until('postgres', q{
+SELECT count(*) || '|' || count(*) FILTER (WHERE event_type = '(other)') || '|'
+       || (sum(published) = (SELECT published FROM statehub_events.status)
+           AND sum(published) = 1007)
+  FROM statehub_events.event_counters}, '1001|1|true'),
+	'1000 event types are counted one by one, the others together; the sums equal the totals');
 
 $node->stop;
 $nats->stop;
