@@ -51,6 +51,9 @@ SELECT attname FROM pg_attribute
  WHERE attrelid = 'statehub_events.undelivered'::regclass AND attnum > 0
  ORDER BY attnum;
 
+-- nothing drains this database: wait_for_drain() says so at once
+SELECT statehub_events.wait_for_drain('1 min');
+
 -- DROP EXTENSION is refused while events are queued or dead-lettered
 DROP EXTENSION statehub_events;
 DROP EXTENSION statehub_events CASCADE;

@@ -218,6 +218,17 @@ wait_for_drain(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("table \"%s.outbox\" does not exist", STATEHUB_SCHEMA)));
 
+	/* no worker drains this database: waiting would only take the timeout */
+	if (statehub_drained_elsewhere() != NULL && !outbox_is_empty(relid))
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the statehub_events delivery worker drains database \"%s\", not this one",
+						statehub_drained_elsewhere()),
+				 errdetail("Nothing delivers the events queued in this database.")));
+		PG_RETURN_BOOL(false);
+	}
+
 	for (;;)
 	{
 		TimestampTz now;
