@@ -98,6 +98,7 @@
 #include "utils/uuid.h"
 
 #include "catalog_checks.h"
+#include "counters.h"
 #include "cursor.h"
 #include "envelope.h"
 #include "nats_client.h"
@@ -526,9 +527,11 @@ settle_batch(Batch *b, TimestampTz now, Settled *out, RowUpdates *retry,
 		{
 			case STATEHUB_PUB_ACKED:
 				out->acked_ids[out->nacked++] = row->id;
+				statehub_counters_note(ev->subject, true);
 				break;
 			case STATEHUB_PUB_REJECTED:
 				out->nrejected++;
+				statehub_counters_note(ev->subject, false);
 				if (row->attempts + 1 >= statehub_max_attempts)
 					add_update(dead, row->id, row->attempts + 1,
 							   pstrdup(ev->error), now);
@@ -576,9 +579,9 @@ unpublishable(const char *subject, text *payload, int64 max_body)
 	lex = makeJsonLexContextCstringLen(VARDATA_ANY(payload), len,
 									   GetDatabaseEncoding(), false);
 	jerr = pg_parse_json(lex, &nullSemAction);
+	/* no parser detail: it quotes the payload, and reasons are for pg_monitor */
 	if (jerr != JSON_SUCCESS)
-		return psprintf("the payload is not valid JSON: %s",
-						json_errdetail(jerr, lex));
+		return pstrdup("the payload is not valid JSON");
 	return NULL;
 }
 
@@ -731,6 +734,7 @@ scan_batch(int64 from, bool retry_pass, int nskip, TimestampTz now,
 		{
 			add_update(dead, id, attempts, reason, now);
 			(*npoison)++;
+			statehub_counters_note(subject, false);
 			continue;
 		}
 
@@ -762,6 +766,7 @@ begin_transaction(bool *restarted)
 {
 	Oid			outbox_node = InvalidOid;
 
+	statehub_counters_begin();
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	SPI_connect();
@@ -804,6 +809,7 @@ report_settled(const Settled *done, int npoison, const RowUpdates *dead,
 	if (done->nacked > 0)
 		statehub_shared->last_publish_at = GetCurrentTimestamp();
 	SpinLockRelease(&statehub_shared->mutex);
+	statehub_counters_flush();
 	if (dead->n > 0)
 		ereport(WARNING,
 				(errcode(ERRCODE_DATA_EXCEPTION),
@@ -813,6 +819,8 @@ report_settled(const Settled *done, int npoison, const RowUpdates *dead,
 				 errdetail_internal("%s", event_error)));
 	if (event_error[0] != '\0')
 		statehub_shmem_record_error(event_error);
+	else if (done->nacked > 0)
+		statehub_shmem_error_resolved();
 
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);

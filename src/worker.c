@@ -126,8 +126,11 @@ set_state(StatehubWorkerStateCode new_state, const char *error)
 		strlcpy(statehub_shared->last_error, error,
 				sizeof(statehub_shared->last_error));
 		statehub_shared->last_error_at = GetCurrentTimestamp();
+		statehub_shared->last_error_resolved_at = 0;
 	}
 	SpinLockRelease(&statehub_shared->mutex);
+	if (new_state == STATEHUB_WORKER_CONNECTED)
+		statehub_shmem_error_resolved();
 
 	state = new_state;
 	if (old_state == new_state)
