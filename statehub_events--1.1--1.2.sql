@@ -13,6 +13,13 @@
 -- Mapping fidelity (issue 12): keys fixed at declaration, no UPDATE OF
 -- ---------------------------------------------------------------------------
 
+/*
+ * The mappings view shows, beside the declaration as written, what each
+ * capture trigger publishes: the keys fixed at declaration and the column
+ * each is read from now (a RENAME changes the column, never the key).
+ * capture_arguments() decodes the trigger's arguments; it shows what
+ * pg_trigger shows everyone, and the view's readers must be able to call it.
+ */
 CREATE FUNCTION statehub_events.capture_arguments(trigger_oid pg_catalog.oid,
     OUT column_key pg_catalog.text,
     OUT column_name pg_catalog.text,
@@ -29,7 +36,7 @@ CREATE OR REPLACE VIEW statehub_events.mappings AS
 SELECT m.table_name,
        m.event_type,
        m.operation,
-       a.column_name::pg_catalog.name AS column_name,
+       a.column_name::pg_catalog.name COLLATE pg_catalog."C" AS column_name,
        m.from_value,
        m.to_value,
        m.attributes,

@@ -56,56 +56,32 @@ COMMENT ON TABLE statehub_events.mapping IS
 SELECT pg_catalog.pg_extension_config_dump('statehub_events.mapping', '');
 
 /*
- * What a capture trigger publishes, decoded from its arguments (1.2, issue
- * 12 item 2): the keys fixed at declaration, and the column each is read
- * from now (RENAMEs are followed).
- */
-CREATE FUNCTION statehub_events.capture_arguments(trigger_oid pg_catalog.oid,
-    OUT column_key pg_catalog.text,
-    OUT column_name pg_catalog.text,
-    OUT attribute_keys pg_catalog.text[],
-    OUT attribute_columns pg_catalog.text[])
-RETURNS record
-AS 'MODULE_PATHNAME', 'capture_arguments'
-LANGUAGE C STABLE STRICT;
-
-COMMENT ON FUNCTION statehub_events.capture_arguments(pg_catalog.oid) IS
-'The keys a capture trigger publishes and the columns they are read from; read it through the mappings view.';
-
-/*
  * A mapping is in force while its trigger exists.  A DROP TABLE, or a DROP
  * COLUMN ... CASCADE that takes a transition trigger with it, leaves a stale
  * row behind; the view hides it and the next track/untrack on the table
- * prunes it.  attributes is the declaration as written; the keys published
- * and the columns they are read from now come from the trigger, as does
- * the tracked column (it follows a RENAME; its key does not change).
+ * prunes it.  column_name is read from the trigger, so it follows a RENAME.
  */
 CREATE VIEW statehub_events.mappings AS
 SELECT m.table_name,
        m.event_type,
        m.operation,
-       a.column_name::pg_catalog.name AS column_name,
+       a.attname AS column_name,
        m.from_value,
        m.to_value,
        m.attributes,
-       m.condition,
-       a.column_key,
-       a.attribute_keys,
-       a.attribute_columns
+       m.condition
   FROM statehub_events.mapping m
   JOIN pg_catalog.pg_trigger t
     ON t.tgrelid = m.table_name::pg_catalog.oid
    AND t.tgname = m.trigger_name
- CROSS JOIN LATERAL statehub_events.capture_arguments(t.oid) a
+  LEFT JOIN pg_catalog.pg_attribute a
+    ON m.operation = 'update'
+   AND a.attrelid = t.tgrelid
+   AND a.attnum = t.tgattr[0]
  ORDER BY m.table_name::pg_catalog.text, m.event_type;
 
 COMMENT ON VIEW statehub_events.mappings IS
 'The row changes that are currently captured as events, one row per (table, event type).';
-COMMENT ON COLUMN statehub_events.mappings.column_name IS 'The tracked column as it is called now.';
-COMMENT ON COLUMN statehub_events.mappings.attributes IS 'The attribute list as declared (NULL: all columns).';
-COMMENT ON COLUMN statehub_events.mappings.column_key IS 'The key of the tracked column''s old value under "previous" (fixed at declaration).';
-COMMENT ON COLUMN statehub_events.mappings.attribute_keys IS 'The attribute keys published (fixed at declaration; with all columns, columns added later follow under their own name).';
-COMMENT ON COLUMN statehub_events.mappings.attribute_columns IS 'The column each attribute key is read from now.';
 
 GRANT SELECT ON statehub_events.mappings TO PUBLIC;
 
@@ -484,8 +460,52 @@ COMMENT ON EVENT TRIGGER statehub_events_refuse_capture_trigger_rename IS
 'Keeps each declared capture trigger under the name its mapping row records.';
 
 -- ---------------------------------------------------------------------------
--- Mapping fidelity (1.2, issue 12): keys follow no DDL
+-- Mapping fidelity (issue 12): keys fixed at declaration, no UPDATE OF
 -- ---------------------------------------------------------------------------
+
+/*
+ * The mappings view shows, beside the declaration as written, what each
+ * capture trigger publishes: the keys fixed at declaration and the column
+ * each is read from now (a RENAME changes the column, never the key).
+ * capture_arguments() decodes the trigger's arguments; it shows what
+ * pg_trigger shows everyone, and the view's readers must be able to call it.
+ */
+CREATE FUNCTION statehub_events.capture_arguments(trigger_oid pg_catalog.oid,
+    OUT column_key pg_catalog.text,
+    OUT column_name pg_catalog.text,
+    OUT attribute_keys pg_catalog.text[],
+    OUT attribute_columns pg_catalog.text[])
+RETURNS record
+AS 'MODULE_PATHNAME', 'capture_arguments'
+LANGUAGE C STABLE STRICT;
+
+COMMENT ON FUNCTION statehub_events.capture_arguments(pg_catalog.oid) IS
+'The keys a capture trigger publishes and the columns they are read from; read it through the mappings view.';
+
+CREATE OR REPLACE VIEW statehub_events.mappings AS
+SELECT m.table_name,
+       m.event_type,
+       m.operation,
+       a.column_name::pg_catalog.name COLLATE pg_catalog."C" AS column_name,
+       m.from_value,
+       m.to_value,
+       m.attributes,
+       m.condition,
+       a.column_key,
+       a.attribute_keys,
+       a.attribute_columns
+  FROM statehub_events.mapping m
+  JOIN pg_catalog.pg_trigger t
+    ON t.tgrelid = m.table_name::pg_catalog.oid
+   AND t.tgname = m.trigger_name
+ CROSS JOIN LATERAL statehub_events.capture_arguments(t.oid) a
+ ORDER BY m.table_name::pg_catalog.text, m.event_type;
+
+COMMENT ON COLUMN statehub_events.mappings.column_name IS 'The tracked column as it is called now.';
+COMMENT ON COLUMN statehub_events.mappings.attributes IS 'The attribute list as declared (NULL: all columns).';
+COMMENT ON COLUMN statehub_events.mappings.column_key IS 'The key of the tracked column''s old value under "previous" (fixed at declaration).';
+COMMENT ON COLUMN statehub_events.mappings.attribute_keys IS 'The attribute keys published (fixed at declaration; with all columns, columns added later follow under their own name).';
+COMMENT ON COLUMN statehub_events.mappings.attribute_columns IS 'The column each attribute key is read from now.';
 
 /*
  * A RENAME COLUMN renames the column in the capture triggers' arguments
