@@ -169,9 +169,11 @@ write_trigger_args(Relation tgrel, HeapTuple tup, ArgList *args,
  * Decode a trigger's arguments in the 1.2 form.  A 1.0/1.1 trigger (column
  * names; the tracked column its UPDATE OF column) is read with the table's
  * columns as they are now; renamed, when not NULL, is the (old, new) name
- * of a column just renamed, whose key is its old name.
+ * of a column just renamed, whose key is its old name.  False for
+ * arguments no declaration makes (a trigger made by hand: capture refuses
+ * to run it, and DDL on its table is none of this file's business).
  */
-static void
+static bool
 decode_trigger(Relation tgrel, HeapTuple tup, StatehubCaptureArgs *parsed,
 			   const char **renamed)
 {
@@ -180,13 +182,9 @@ decode_trigger(Relation tgrel, HeapTuple tup, StatehubCaptureArgs *parsed,
 	char	  **args = trigger_args(tgrel, tup, &nargs);
 
 	if (!statehub_parse_capture_args(nargs, args, parsed))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("trigger \"%s\" on table \"%s\" has invalid arguments",
-						NameStr(trig->tgname), get_rel_name(trig->tgrelid)),
-				 errhint("Create capture triggers with statehub_events.track_insert, track_transition or track_delete.")));
+		return false;
 	if (parsed->keyed)
-		return;
+		return true;
 
 	if (trig->tgattr.dim1 == 1)
 	{
@@ -220,6 +218,7 @@ decode_trigger(Relation tgrel, HeapTuple tup, StatehubCaptureArgs *parsed,
 		strcmp(parsed->tracked_column, renamed[1]) == 0)
 		parsed->tracked_key = pstrdup(renamed[0]);
 	parsed->keyed = true;
+	return true;
 }
 
 /* The capture triggers of a table, read under RowExclusiveLock on pg_trigger. */
@@ -266,7 +265,8 @@ rename_in_trigger(Relation tgrel, HeapTuple tup, void *arg)
 	ArgList		args;
 	bool		listed = false;
 
-	decode_trigger(tgrel, tup, &parsed, renamed);
+	if (!decode_trigger(tgrel, tup, &parsed, renamed))
+		return;
 	args = keyed_args(&parsed);
 	if (strcmp(args.args[3], renamed[0]) == 0)
 	{
@@ -305,8 +305,7 @@ check_new_columns(Relation tgrel, HeapTuple tup, void *arg)
 	TupleDesc	desc = RelationGetDescr(rel);
 	StatehubCaptureArgs parsed;
 
-	decode_trigger(tgrel, tup, &parsed, NULL);
-	if (!parsed.all_columns)
+	if (!decode_trigger(tgrel, tup, &parsed, NULL) || !parsed.all_columns)
 		return;
 	for (int i = 0; i < desc->natts; i++)
 	{
@@ -406,7 +405,8 @@ check_dropped_column(Relation tgrel, HeapTuple tup, void *arg)
 	DroppedColumn *dropped = (DroppedColumn *) arg;
 	StatehubCaptureArgs parsed;
 
-	decode_trigger(tgrel, tup, &parsed, NULL);
+	if (!decode_trigger(tgrel, tup, &parsed, NULL))
+		return;
 	for (int i = 0; i < parsed.npairs; i++)
 	{
 		if (strcmp(parsed.columns[i], dropped->column) == 0)
@@ -469,7 +469,14 @@ migrate_trigger(Relation tgrel, HeapTuple tup, void *arg)
 
 	if (args_are_keyed(nargs, raw))
 		return;
-	decode_trigger(tgrel, tup, &parsed, NULL);
+	if (!decode_trigger(tgrel, tup, &parsed, NULL))
+	{
+		ereport(WARNING,
+				(errmsg("capture trigger \"%s\" on table %s has arguments no declaration makes; it is left as it is",
+						NameStr(((Form_pg_trigger) GETSTRUCT(tup))->tgname),
+						get_rel_name(((Form_pg_trigger) GETSTRUCT(tup))->tgrelid))));
+		return;
+	}
 	args = keyed_args(&parsed);
 	write_trigger_args(tgrel, tup, &args, true);
 }
@@ -545,7 +552,8 @@ capture_arguments(PG_FUNCTION_ARGS)
 		Datum	   *keys;
 		Datum	   *columns;
 
-		decode_trigger(tgrel, tup, &parsed, NULL);
+		if (!decode_trigger(tgrel, tup, &parsed, NULL))
+			memset(&parsed, 0, sizeof(parsed));
 		if (parsed.tracked_column != NULL)
 		{
 			values[0] = CStringGetTextDatum(parsed.tracked_key);

@@ -93,6 +93,36 @@ is_deeply(
 	'the stream: declared keys after the renames, the BEFORE trigger\'s transition, no events for the moved row'
 );
 
+# A dump restores the declarations with their keys and columns: the trigger
+# names its columns (a restored table has no dropped columns, so attribute
+# numbers would shift), and the keys survive a rename before the dump.
+$node->safe_psql(
+	'postgres', q{
+CREATE TABLE shifted (id int PRIMARY KEY, junk text, title text);
+SELECT statehub_events.track_insert('shifted', 'org.statehub.shifted.created', '{id,title}');
+ALTER TABLE shifted DROP COLUMN junk;
+ALTER TABLE shifted RENAME COLUMN title TO label;
+});
+my @conn = ('-h', $node->host, '-p', $node->port);
+my $tmp = PostgreSQL::Test::Utils::tempdir;
+$node->command_ok([ 'pg_dump', @conn, '-Fc', '-f', "$tmp/fidelity.dump", 'postgres' ],
+	'pg_dump of the database');
+$node->safe_psql('postgres', 'CREATE DATABASE restored');
+$node->command_ok(
+	[ 'pg_restore', @conn, '--exit-on-error', '-d', 'restored', "$tmp/fidelity.dump" ],
+	'the dump restores');
+my $view = q{SELECT table_name, event_type, column_name, column_key, attribute_keys,
+                    attribute_columns FROM statehub_events.mappings ORDER BY table_name::text, 2};
+is($node->safe_psql('restored', $view), $node->safe_psql('postgres', $view),
+	'the restored mappings show the same keys and columns');
+is( $node->safe_psql(
+		'restored', q{
+INSERT INTO shifted VALUES (1, 'moved up');
+SELECT (payload::json -> 'attributes')::text FROM statehub_events.outbox
+ WHERE subject = 'org.statehub.shifted.created'}),
+	'{"id": 1, "title": "moved up"}',
+	'the restored table publishes under the declared keys');
+
 $node->stop;
 $nats->stop;
 done_testing();
