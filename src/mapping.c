@@ -8,9 +8,11 @@
  *
  * - a capture trigger on the table, created AS THE CALLER (so PostgreSQL
  *   itself checks the caller's right to create triggers there, and nothing
- *   is escalated), whose WHEN clause and UPDATE OF list let PostgreSQL
- *   filter rows before capture runs, and whose arguments carry everything
- *   capture needs (see capture.c);
+ *   is escalated), whose WHEN clause lets PostgreSQL filter rows before
+ *   capture runs, and whose arguments carry everything capture needs: the
+ *   keys, fixed now to the columns' names of today, and the columns they
+ *   are read from (see catalog_checks.h; mapping_upkeep.c keeps them true
+ *   through later DDL);
  * - a row in statehub_events.mapping recording the declaration as the DBA
  *   wrote it (for the mappings view and pg_dump), written as the table's
  *   owner because callers have no rights on it.  That SQL is the only code
@@ -31,6 +33,11 @@
  * pg_catalog while it is parsed: nothing can be redirected through a
  * search_path.  A DBA's condition is first parsed on its own and must be a
  * single expression, so it cannot close the WHEN clause and add SQL.
+ *
+ * A declaration means what it says or is refused (issue 12): to/from values
+ * the column can never hold, or that name a moment relative to now, are
+ * errors; an event type outside stream_subjects is a warning; replacing a
+ * declaration is a NOTICE that shows the old and the new one.
  *
  * Every check happens before anything is created, and any error aborts the
  * caller's transaction: nothing is ever half-created.
