@@ -9,7 +9,7 @@
  * key each attribute is published under and the column it is read from,
  * and for a transition the tracked column (see StatehubCaptureArgs in
  * catalog_checks.h for the layout).  Keys are fixed at declaration; the
- * column names follow RENAMEs (mapping.c rewrites them).
+ * column names follow RENAMEs (mapping_upkeep.c rewrites them).
  *
  * Which rows become events is decided before the trigger fires, by the
  * trigger's WHEN clause: an UPDATE that does not transition never enters
@@ -67,7 +67,7 @@ typedef struct CaptureEntry
 
 static HTAB *capture_cache = NULL;
 static ExecutorFinish_hook_type prev_executor_finish = NULL;
-static bool finishing_plain_update = false; /* see row_moved_in */
+static bool finishing_plain_update = false;	/* see row_moved */
 static bool cache_has_invalid = false;	/* entries to free before the next use */
 static bool wakeup_armed = false;
 static bool xact_callback_registered = false;

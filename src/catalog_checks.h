@@ -44,12 +44,13 @@ extern Form_pg_attribute statehub_find_column(TupleDesc desc, const char *name);
  *
  * where the tracked key and column are empty except for a transition, and
  * each key is the name the column had when the event was declared: it is
- * what consumers receive, whatever the column is called later (mapping.c
- * rewrites the column names of a RENAME).  With "all keys" the pairs are
- * the columns the table had at declaration; columns added later follow
- * under their own name.  1.0 and 1.1 triggers ("all" | "list", then
- * column names; the tracked column is the trigger's UPDATE OF column) are
- * read as pairs of (name, name), with tracked_key set by the caller.
+ * what consumers receive, whatever the column is called later
+ * (mapping_upkeep.c rewrites the column names of a RENAME).  With "all
+ * keys" the pairs are the columns the table had at declaration; columns
+ * added later follow under their own name.  1.0 and 1.1 triggers ("all" |
+ * "list", then column names; the tracked column is the trigger's UPDATE OF
+ * column) are read as pairs of (name, name), the tracked column being left
+ * to the caller.
  */
 typedef struct StatehubCaptureArgs
 {
