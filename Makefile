@@ -19,8 +19,11 @@ OBJS = \
 	src/admin.o \
 	src/shmem.o \
 	src/worker.o \
+	src/pipeline.o \
 	src/cursor.o \
-	src/nats_client.o
+	src/nats_client.o \
+	src/counters.o \
+	src/drop_guard.o
 
 EXTENSION = statehub_events
 DATA = statehub_events--1.0.sql statehub_events--1.1.sql statehub_events--1.2.sql \
@@ -31,7 +34,7 @@ PGFILEDESC = "statehub_events - transactional outbox delivered to NATS JetStream
 # setup creates the extension (and the helpers the other files use)
 REGRESS = setup track_insert track_transition track_delete track_errors \
 	attributes emit outbox_tx partitioned capture_guc privileges \
-	column_changes security mapping_fidelity
+	column_changes security capture_cache operations mapping_fidelity
 
 ISOLATION = concurrent_transitions
 ISOLATION_OPTS = --inputdir=test --outputdir=test/output_iso --load-extension=statehub_events

@@ -43,13 +43,15 @@ PG_FUNCTION_INFO_V1(warn_if_no_worker);
 /* Longest single sleep of wait_for_drain between two looks at the outbox. */
 #define DRAIN_POLL_MS 100
 
-#define WORKER_STATUS_COLS 10
+#define WORKER_STATUS_COLS 12
 
 /*
  * worker_status() returns the worker's shared state, one row.  The server
  * URL (password already masked by the worker) is shown only to superusers,
  * like the nats_url setting it comes from: its host and user name are
- * not for pg_monitor.
+ * not for pg_monitor.  In a database the worker does not drain, the state
+ * says so, with the database it drains, and nothing of the worker's is
+ * shown (its counters and errors are about another database's events).
  */
 Datum
 worker_status(PG_FUNCTION_ARGS)
@@ -59,11 +61,21 @@ worker_status(PG_FUNCTION_ARGS)
 	bool		nulls[WORKER_STATUS_COLS];
 	StatehubShared copy;
 	bool		show_server;
+	const char *elsewhere = statehub_drained_elsewhere();
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 
 	memset(nulls, true, sizeof(nulls));
+	if (elsewhere != NULL)
+	{
+		values[1] = CStringGetTextDatum("not draining this database");
+		nulls[1] = false;
+		values[2] = CStringGetTextDatum(elsewhere);
+		nulls[2] = false;
+		PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+	}
+
 	memset(&copy, 0, sizeof(copy));
 	if (statehub_shared != NULL)
 	{
@@ -77,6 +89,7 @@ worker_status(PG_FUNCTION_ARGS)
 		memcpy(copy.last_error, statehub_shared->last_error,
 			   sizeof(copy.last_error));
 		copy.last_error_at = statehub_shared->last_error_at;
+		copy.last_error_resolved_at = statehub_shared->last_error_resolved_at;
 		copy.last_publish_at = statehub_shared->last_publish_at;
 		copy.dedup_window_us = statehub_shared->dedup_window_us;
 		SpinLockRelease(&statehub_shared->mutex);
@@ -93,34 +106,44 @@ worker_status(PG_FUNCTION_ARGS)
 	}
 	values[1] = CStringGetTextDatum(statehub_worker_state_name(copy.state));
 	nulls[1] = false;
+	if (statehub_preloaded && statehub_database != NULL)
+	{
+		values[2] = CStringGetTextDatum(statehub_database);
+		nulls[2] = false;
+	}
 	if (show_server && copy.server[0] != '\0')
 	{
-		values[2] = CStringGetTextDatum(copy.server);
-		nulls[2] = false;
+		values[3] = CStringGetTextDatum(copy.server);
+		nulls[3] = false;
 	}
 	if (copy.stream[0] != '\0')
 	{
-		values[3] = CStringGetTextDatum(copy.stream);
-		nulls[3] = false;
+		values[4] = CStringGetTextDatum(copy.stream);
+		nulls[4] = false;
 	}
 	if (statehub_shared != NULL)
 	{
-		values[4] = Int64GetDatum(copy.published);
-		nulls[4] = false;
-		values[5] = Int64GetDatum(copy.failed);
+		values[5] = Int64GetDatum(copy.published);
 		nulls[5] = false;
+		values[6] = Int64GetDatum(copy.failed);
+		nulls[6] = false;
 	}
 	if (copy.last_error[0] != '\0')
 	{
-		values[6] = CStringGetTextDatum(copy.last_error);
-		nulls[6] = false;
-		values[7] = TimestampTzGetDatum(copy.last_error_at);
+		values[7] = CStringGetTextDatum(copy.last_error);
 		nulls[7] = false;
+		values[8] = TimestampTzGetDatum(copy.last_error_at);
+		nulls[8] = false;
+		if (copy.last_error_resolved_at != 0)
+		{
+			values[9] = TimestampTzGetDatum(copy.last_error_resolved_at);
+			nulls[9] = false;
+		}
 	}
 	if (copy.last_publish_at != 0)
 	{
-		values[8] = TimestampTzGetDatum(copy.last_publish_at);
-		nulls[8] = false;
+		values[10] = TimestampTzGetDatum(copy.last_publish_at);
+		nulls[10] = false;
 	}
 	if (copy.dedup_window_us > 0)
 	{
@@ -128,8 +151,8 @@ worker_status(PG_FUNCTION_ARGS)
 
 		window->day = (int32) (copy.dedup_window_us / USECS_PER_DAY);
 		window->time = copy.dedup_window_us % USECS_PER_DAY;
-		values[9] = IntervalPGetDatum(window);
-		nulls[9] = false;
+		values[11] = IntervalPGetDatum(window);
+		nulls[11] = false;
 	}
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
@@ -195,6 +218,17 @@ wait_for_drain(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("table \"%s.outbox\" does not exist", STATEHUB_SCHEMA)));
 
+	/* no worker drains this database: waiting would only take the timeout */
+	if (statehub_drained_elsewhere() != NULL && !outbox_is_empty(relid))
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the statehub_events delivery worker drains database \"%s\", not this one",
+						statehub_drained_elsewhere()),
+				 errdetail("Nothing delivers the events queued in this database.")));
+		PG_RETURN_BOOL(false);
+	}
+
 	for (;;)
 	{
 		TimestampTz now;
@@ -256,18 +290,17 @@ warn_if_no_worker(PG_FUNCTION_ARGS)
 				 errmsg("statehub_events is not in shared_preload_libraries, so no delivery worker runs"),
 				 errdetail("Row changes are captured, but their events wait in statehub_events.outbox until a worker delivers them."),
 				 errhint("Add statehub_events to shared_preload_libraries and restart the server.")));
-	else
+	else if (statehub_drained_elsewhere() != NULL)
 	{
 		char	   *dbname = get_database_name(MyDatabaseId);
 
-		if (dbname != NULL && strcmp(dbname, statehub_database) != 0)
-			ereport(WARNING,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("the statehub_events delivery worker drains database \"%s\", not database \"%s\"",
-							statehub_database, dbname),
-					 errdetail("Events captured in this database wait in statehub_events.outbox."),
-					 errhint("Set statehub_events.database to \"%s\" and restart the server.",
-							 dbname)));
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the statehub_events delivery worker drains database \"%s\", not database \"%s\"",
+						statehub_database, dbname),
+				 errdetail("Events captured in this database wait in statehub_events.outbox."),
+				 errhint("Set statehub_events.database to \"%s\" and restart the server.",
+						 dbname)));
 	}
 	PG_RETURN_VOID();
 }

@@ -184,31 +184,50 @@ statehub_append_value(StringInfo buf, StatehubColumn *col, Datum value,
 	}
 }
 
-/* A fresh random (version 4) UUID from libuuid. */
+/*
+ * Random bytes for event ids, drawn from PostgreSQL's strong random source
+ * (OpenSSL's generator in Debian's build, as gen_random_uuid() uses) a
+ * block at a time.  libuuid's own generator made a getrandom() system call
+ * and reseeded random() for every id: 13% of a capturing backend's CPU
+ * (perf, 300,000 emit() calls).  The block lives in this backend only; a
+ * backend is never forked, so no two processes hand out the same bytes.
+ */
+#define EVENT_ID_BLOCK 64
+
+/* A fresh random (version 4) UUID. */
 void
 statehub_new_event_id(unsigned char *id)
 {
-	uuid_generate_random(id);
+	static unsigned char block[EVENT_ID_BLOCK * STATEHUB_UUID_LEN];
+	static int	left = 0;
+	unsigned char *next;
+
+	if (left == 0)
+	{
+		if (!pg_strong_random(block, sizeof(block)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not generate random values for event ids")));
+		left = EVENT_ID_BLOCK;
+	}
+	next = block + (EVENT_ID_BLOCK - left) * STATEHUB_UUID_LEN;
+	left--;
+	memcpy(id, next, STATEHUB_UUID_LEN);
+	/* handed out once: forget it */
+	memset(next, 0, STATEHUB_UUID_LEN);
+	id[6] = (id[6] & 0x0f) | 0x40;	/* version 4 */
+	id[8] = (id[8] & 0x3f) | 0x80;	/* variant RFC 4122 */
 }
 
 /*
- * The canonical text form of a UUID (36 characters and a NUL into out),
- * for the envelope's id and the worker's Nats-Msg-Id header alike.
+ * The canonical text form of a UUID (36 lower-case characters and a NUL
+ * into out), for the envelope's id and the worker's Nats-Msg-Id header
+ * alike: libuuid's.
  */
 void
 statehub_format_uuid(const unsigned char *id, char *out)
 {
-	static const char hex[] = "0123456789abcdef";
-	int			i;
-
-	for (i = 0; i < STATEHUB_UUID_LEN; i++)
-	{
-		if (i == 4 || i == 6 || i == 8 || i == 10)
-			*out++ = '-';
-		*out++ = hex[id[i] >> 4];
-		*out++ = hex[id[i] & 0x0f];
-	}
-	*out = '\0';
+	uuid_unparse_lower(id, out);
 }
 
 /*

@@ -17,7 +17,9 @@
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
+#include "utils/timestamp.h"
 
+#include "counters.h"
 #include "shmem.h"
 
 StatehubShared *statehub_shared = NULL;
@@ -31,6 +33,7 @@ shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(StatehubShared)));
+	statehub_counters_shmem_request();
 }
 
 /* Attach to (or, in the postmaster, create) the shared state. */
@@ -53,6 +56,7 @@ shmem_startup(void)
 		SpinLockInit(&statehub_shared->mutex);
 		statehub_shared->state = STATEHUB_WORKER_NOT_RUNNING;
 	}
+	statehub_counters_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -102,6 +106,7 @@ statehub_shmem_worker_started(pid_t pid, Latch *latch)
 	statehub_shared->failed = 0;
 	statehub_shared->dedup_window_us = 0;
 	SpinLockRelease(&statehub_shared->mutex);
+	statehub_counters_reset();
 
 	pg_write_barrier();
 	statehub_shared->worker_latch = latch;
@@ -126,6 +131,31 @@ statehub_shmem_worker_stopped(void)
 	ConditionVariableBroadcast(&statehub_shared->drained_cv);
 }
 
+/*
+ * The worker is connected and delivering again: the last error, if still
+ * current, is past.  It stays in the status view with both times, so the
+ * DBA sees what happened, and a health check can tell it is over.
+ */
+void
+statehub_shmem_error_resolved(void)
+{
+	SpinLockAcquire(&statehub_shared->mutex);
+	if (statehub_shared->last_error[0] != '\0' &&
+		statehub_shared->last_error_resolved_at == 0)
+		statehub_shared->last_error_resolved_at = GetCurrentTimestamp();
+	SpinLockRelease(&statehub_shared->mutex);
+}
+
+/* reset_counters(): the totals of the status view start again at zero. */
+void
+statehub_shmem_reset_totals(void)
+{
+	SpinLockAcquire(&statehub_shared->mutex);
+	statehub_shared->published = 0;
+	statehub_shared->failed = 0;
+	SpinLockRelease(&statehub_shared->mutex);
+}
+
 const char *
 statehub_worker_state_name(StatehubWorkerStateCode state)
 {
@@ -143,4 +173,20 @@ statehub_worker_state_name(StatehubWorkerStateCode state)
 			return "backoff";
 	}
 	return "unknown";
+}
+
+/*
+ * Record an error that does not change the worker's state (a rejected
+ * event...).  It is current until the worker delivers again
+ * (statehub_shmem_error_resolved).
+ */
+void
+statehub_shmem_record_error(const char *error)
+{
+	SpinLockAcquire(&statehub_shared->mutex);
+	strlcpy(statehub_shared->last_error, error,
+			sizeof(statehub_shared->last_error));
+	statehub_shared->last_error_at = GetCurrentTimestamp();
+	statehub_shared->last_error_resolved_at = 0;
+	SpinLockRelease(&statehub_shared->mutex);
 }

@@ -55,6 +55,7 @@ typedef struct StatehubShared
 	int64		failed;
 	char		last_error[STATEHUB_ERROR_LEN];
 	TimestampTz last_error_at;
+	TimestampTz last_error_resolved_at; /* 0 while last_error is current */
 	TimestampTz last_publish_at;
 	int64		dedup_window_us;	/* the stream's duplicate window, 0 unknown */
 } StatehubShared;
@@ -66,6 +67,9 @@ extern void statehub_shmem_install_hooks(void);
 extern void statehub_shmem_wake_worker(void);
 extern void statehub_shmem_worker_started(pid_t pid, Latch *latch);
 extern void statehub_shmem_worker_stopped(void);
+extern void statehub_shmem_record_error(const char *error);
+extern void statehub_shmem_error_resolved(void);
+extern void statehub_shmem_reset_totals(void);
 extern const char *statehub_worker_state_name(StatehubWorkerStateCode state);
 
 #endif							/* STATEHUB_SHMEM_H */

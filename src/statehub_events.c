@@ -20,6 +20,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "commands/dbcommands.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
@@ -344,6 +345,26 @@ define_delivery_gucs(void)
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+}
+
+/*
+ * The database the worker drains, or NULL when it is this one (or no
+ * worker can run: the library was not preloaded).  The worker serves one
+ * database per cluster; in any other the extension can still be installed
+ * (a restore into a scratch database, say), and what it shows of the
+ * worker must not pass for its own.
+ */
+const char *
+statehub_drained_elsewhere(void)
+{
+	char	   *here;
+
+	if (!statehub_preloaded || statehub_database == NULL)
+		return NULL;
+	here = get_database_name(MyDatabaseId);
+	if (here != NULL && strcmp(here, statehub_database) == 0)
+		return NULL;
+	return statehub_database;
 }
 
 void

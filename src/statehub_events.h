@@ -61,6 +61,9 @@ extern PGDLLIMPORT int statehub_poll_interval;	/* ms */
 /* True when _PG_init ran from shared_preload_libraries. */
 extern bool statehub_preloaded;
 
+/* The database the worker drains when it is not this one, else NULL. */
+extern const char *statehub_drained_elsewhere(void);
+
 /* outbox.c: append one ready-to-publish event in the current transaction */
 extern void statehub_outbox_append(const unsigned char *event_id,
 								   const char *subject,
