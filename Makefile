@@ -14,6 +14,7 @@ OBJS = \
 	src/envelope.o \
 	src/catalog_checks.o \
 	src/mapping.o \
+	src/mapping_upkeep.o \
 	src/outbox.o \
 	src/admin.o \
 	src/shmem.o \
@@ -33,7 +34,7 @@ PGFILEDESC = "statehub_events - transactional outbox delivered to NATS JetStream
 # setup creates the extension (and the helpers the other files use)
 REGRESS = setup track_insert track_transition track_delete track_errors \
 	attributes emit outbox_tx partitioned capture_guc privileges \
-	column_changes security capture_cache operations
+	column_changes security capture_cache operations mapping_fidelity
 
 ISOLATION = concurrent_transitions
 ISOLATION_OPTS = --inputdir=test --outputdir=test/output_iso --load-extension=statehub_events

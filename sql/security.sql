@@ -17,8 +17,9 @@ GRANT EXECUTE ON FUNCTION
     statehub_events.untrack(regclass, text)
   TO sec_dba;
 
--- PUBLIC executes none of the extension's functions (the mappings view is
--- what everyone may read)
+-- PUBLIC executes none of the extension's functions but the one the
+-- mappings view reads trigger arguments with (the view is what everyone
+-- may read; the function shows what pg_trigger shows everyone)
 SELECT p.oid::regprocedure AS function
   FROM pg_catalog.pg_proc p
  WHERE p.pronamespace = 'statehub_events'::regnamespace
@@ -145,7 +146,7 @@ CREATE SCHEMA sec_drop;
 CREATE TABLE sec_drop.a (id integer PRIMARY KEY, status text, extra text);
 CREATE TABLE sec_drop.b (id integer PRIMARY KEY);
 CREATE TABLE sec_drop.c (id integer PRIMARY KEY);
-SELECT statehub_events.track_insert('sec_drop.a', 'org.statehub.sec.a-created');
+SELECT statehub_events.track_insert('sec_drop.a', 'org.statehub.sec.a-created', '{id,status}');
 SELECT statehub_events.track_transition('sec_drop.a', 'extra', 'x', 'org.statehub.sec.a-extra');
 SELECT statehub_events.track_delete('sec_drop.b', 'org.statehub.sec.b-deleted');
 SELECT statehub_events.track_insert('sec_drop.c', 'org.statehub.sec.c-created');

@@ -5,25 +5,25 @@
  *
  * statehub_events.capture() is an AFTER ... FOR EACH ROW trigger created by
  * the track_* functions (mapping.c).  Everything it needs is in the trigger
- * itself, so capture never reads the mapping table:
- *
- *   tgargs[0]   the event type
- *   tgargs[1]   "all" (every column is an attribute) or "list"
- *   tgargs[2..] with "list", the attribute columns, by name
- *   tgattr[0]   for a transition, the tracked column (UPDATE OF column);
- *               the trigger follows a RENAME of it
+ * itself, so capture never reads the mapping table: the event type, the
+ * key each attribute is published under and the column it is read from,
+ * and for a transition the tracked column (see StatehubCaptureArgs in
+ * catalog_checks.h for the layout).  Keys are fixed at declaration; the
+ * column names follow RENAMEs (mapping_upkeep.c rewrites them).
  *
  * Which rows become events is decided before the trigger fires, by the
- * trigger's WHEN clause and UPDATE OF column list: an UPDATE that does not
- * transition never enters this file.
+ * trigger's WHEN clause: an UPDATE that does not transition never enters
+ * this file.  (There is no UPDATE OF list: it would hide a change that a
+ * BEFORE trigger makes to the tracked column.)
  *
  * Per trigger, the resolved columns (attribute numbers, JSON keys, output
  * functions) are cached in a hash keyed by the trigger's OID (a partition's
  * clone trigger has its own OID and its own attribute numbers).  A relcache
  * invalidation of the table (ALTER TABLE, CREATE/DROP TRIGGER, ...) drops
- * the table's entries.  An attribute column that no longer exists is left
- * out of the event (and logged once per rebuild): capture never fails a
- * write for a mapping it has already accepted.
+ * the table's entries.  An attribute column that no longer exists (only a
+ * trigger made by hand or under 1.1 can name one: since 1.2 dropping it is
+ * refused) is left out of the event and logged once per rebuild: capture
+ * never fails a write for a mapping it has already accepted.
  *
  * A transaction that queued events wakes the worker once, at commit.
  *
@@ -34,6 +34,7 @@
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
@@ -65,6 +66,8 @@ typedef struct CaptureEntry
 } CaptureEntry;
 
 static HTAB *capture_cache = NULL;
+static ExecutorFinish_hook_type prev_executor_finish = NULL;
+static bool finishing_plain_update = false;	/* see row_moved */
 static bool cache_has_invalid = false;	/* entries to free before the next use */
 static bool wakeup_armed = false;
 static bool xact_callback_registered = false;
@@ -126,17 +129,33 @@ init_capture_cache(void)
 	CacheRegisterRelcacheCallback(capture_relcache_callback, (Datum) 0);
 }
 
-/* (Re)build a cache entry from the trigger and the table's current shape. */
+/* Whether name is one of the first n keys. */
+static bool
+key_taken(StatehubCaptureArgs *args, int n, const char *name)
+{
+	for (int i = 0; i < n; i++)
+	{
+		if (strcmp(args->keys[i], name) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * (Re)build a cache entry from the trigger and the table's current shape:
+ * every column is looked up here, once, and capture itself only reads
+ * attribute numbers and ready-made keys.
+ */
 static void
 build_entry(CaptureEntry *entry, Trigger *trigger, Relation rel)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
+	StatehubCaptureArgs args;
 	MemoryContext old;
+	bool	   *listed;
 	int			i;
 
-	if (trigger->tgnargs < 2 ||
-		(strcmp(trigger->tgargs[1], "all") != 0 &&
-		 strcmp(trigger->tgargs[1], "list") != 0))
+	if (!statehub_parse_capture_args(trigger->tgnargs, trigger->tgargs, &args))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("trigger \"%s\" on table \"%s\" has invalid arguments",
@@ -144,7 +163,7 @@ build_entry(CaptureEntry *entry, Trigger *trigger, Relation rel)
 				 errhint("Create capture triggers with statehub_events.track_insert, track_transition or track_delete.")));
 
 	/* the type goes into the JSON unescaped: only a valid one may */
-	statehub_check_event_type(trigger->tgargs[0]);
+	statehub_check_event_type(args.event_type);
 
 	if (entry->mcxt != NULL)
 		MemoryContextDelete(entry->mcxt);
@@ -157,55 +176,85 @@ build_entry(CaptureEntry *entry, Trigger *trigger, Relation rel)
 
 	old = MemoryContextSwitchTo(entry->mcxt);
 
-	entry->event_type = pstrdup(trigger->tgargs[0]);
+	entry->event_type = pstrdup(args.event_type);
 	entry->columns = palloc0(sizeof(StatehubColumn) * Max(desc->natts, 1));
+	listed = palloc0(sizeof(bool) * (desc->natts + 1));
 
-	if (strcmp(trigger->tgargs[1], "all") == 0)
+	/* the tracked column: named in a 1.2 trigger, UPDATE OF in older ones */
+	if (args.keyed && args.tracked_column != NULL)
 	{
-		for (i = 0; i < desc->natts; i++)
-		{
-			Form_pg_attribute att = TupleDescAttr(desc, i);
+		Form_pg_attribute att = statehub_find_column(desc, args.tracked_column);
 
-			if (att->attisdropped)
-				continue;
-			statehub_column_init(&entry->columns[entry->ncolumns++], att,
+		if (att != NULL)
+		{
+			entry->tracked = palloc0(sizeof(StatehubColumn));
+			statehub_column_init(entry->tracked, att, args.tracked_key,
 								 entry->mcxt);
 		}
 	}
-	else
-	{
-		for (i = 2; i < trigger->tgnargs; i++)
-		{
-			Form_pg_attribute att = statehub_find_column(desc, trigger->tgargs[i]);
-
-			if (att == NULL)
-			{
-				ereport(LOG,
-						(errmsg("statehub_events: attribute column \"%s\" of table \"%s\" no longer exists; event \"%s\" is queued without it",
-								trigger->tgargs[i], RelationGetRelationName(rel),
-								entry->event_type),
-						 errhint("Declare the event again with the table's current columns.")));
-				continue;
-			}
-			if (entry->ncolumns >= desc->natts)
-				break;
-			statehub_column_init(&entry->columns[entry->ncolumns++], att,
-								 entry->mcxt);
-		}
-	}
-
-	if (trigger->tgnattr == 1 && trigger->tgattr[0] > 0 &&
-		trigger->tgattr[0] <= desc->natts)
+	else if (!args.keyed && trigger->tgnattr == 1 && trigger->tgattr[0] > 0 &&
+			 trigger->tgattr[0] <= desc->natts)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, trigger->tgattr[0] - 1);
 
 		if (!att->attisdropped)
 		{
 			entry->tracked = palloc0(sizeof(StatehubColumn));
-			statehub_column_init(entry->tracked, att, entry->mcxt);
+			statehub_column_init(entry->tracked, att, NULL, entry->mcxt);
 		}
 	}
 
+	/* the declared columns, under their declared keys */
+	for (i = 0; i < args.npairs; i++)
+	{
+		Form_pg_attribute att = statehub_find_column(desc, args.columns[i]);
+
+		if (att == NULL)
+		{
+			ereport(LOG,
+					(errmsg("statehub_events: attribute column \"%s\" of table \"%s\" no longer exists; event \"%s\" is queued without it",
+							args.columns[i], RelationGetRelationName(rel),
+							entry->event_type),
+					 errhint("Declare the event again with the table's current columns.")));
+			continue;
+		}
+		if (listed[att->attnum] || entry->ncolumns >= desc->natts)
+			continue;
+		listed[att->attnum] = true;
+		statehub_column_init(&entry->columns[entry->ncolumns++], att,
+							 args.keys[i], entry->mcxt);
+	}
+
+	/*
+	 * All columns: those added after the declaration follow under their
+	 * own name, unless that name is already a key (or "previous" next to
+	 * a transition's old value): the envelope never repeats a key, and the
+	 * declared one wins.  mapping.c refuses such a column at ALTER TABLE.
+	 */
+	if (args.all_columns)
+	{
+		for (i = 0; i < desc->natts; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+			const char *name = NameStr(att->attname);
+
+			if (att->attisdropped || listed[att->attnum])
+				continue;
+			if (key_taken(&args, args.npairs, name) ||
+				(entry->tracked != NULL && strcmp(name, "previous") == 0))
+			{
+				ereport(LOG,
+						(errmsg("statehub_events: column \"%s\" of table \"%s\" is left out of event \"%s\": its key is taken",
+								name, RelationGetRelationName(rel),
+								entry->event_type)));
+				continue;
+			}
+			statehub_column_init(&entry->columns[entry->ncolumns++], att,
+								 NULL, entry->mcxt);
+		}
+	}
+
+	pfree(listed);
 	MemoryContextSwitchTo(old);
 }
 
@@ -279,6 +328,64 @@ queue_event(const unsigned char *id, const char *event_type, StringInfo buf,
 }
 
 /*
+ * Row movement (issue 12, item 1).  An UPDATE that moves a row to another
+ * partition runs, for that row, a DELETE on the old partition and an INSERT
+ * on the new one, and fires their row triggers, not the UPDATE's.  Neither
+ * is an event: the row was neither deleted nor created.
+ *
+ * - The DELETE is recognised exactly: the old tuple's t_ctid is marked as
+ *   moved to another partition (ItemPointerSetMovedPartitions).
+ * - The INSERT carries no mark.  AFTER row triggers fire when their query
+ *   finishes (ExecutorFinish, AfterTriggerEndQuery), so an ExecutorFinish
+ *   hook notes whether the query being finished is an UPDATE; an INSERT
+ *   event fired then comes from row movement, unless the query also has a
+ *   data-modifying WITH (which could insert for real: then, and in MERGE,
+ *   the INSERT is published as before).  Nested queries (a trigger's SPI)
+ *   finish on their own and note their own kind.
+ */
+static void
+capture_executor_finish(QueryDesc *queryDesc)
+{
+	bool		saved = finishing_plain_update;
+
+	finishing_plain_update = queryDesc->operation == CMD_UPDATE &&
+		!queryDesc->plannedstmt->hasModifyingCTE;
+	PG_TRY();
+	{
+		if (prev_executor_finish)
+			prev_executor_finish(queryDesc);
+		else
+			standard_ExecutorFinish(queryDesc);
+	}
+	PG_FINALLY();
+	{
+		finishing_plain_update = saved;
+	}
+	PG_END_TRY();
+}
+
+/* Install the hook above; from _PG_init. */
+void
+statehub_capture_init(void)
+{
+	prev_executor_finish = ExecutorFinish_hook;
+	ExecutorFinish_hook = capture_executor_finish;
+}
+
+/* Whether this row trigger call is one half of a row movement. */
+static bool
+row_moved(TriggerData *trigdata)
+{
+	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
+		return trigdata->tg_trigtuple->t_data != NULL &&
+			HeapTupleHeaderIndicatesMovedPartitions(trigdata->tg_trigtuple->t_data);
+	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		return finishing_plain_update &&
+			trigdata->tg_relation->rd_rel->relispartition;
+	return false;
+}
+
+/*
  * The capture trigger.  It must be AFTER ... FOR EACH ROW: before the row
  * is final there is nothing to announce, and only a row trigger sees rows.
  */
@@ -305,7 +412,7 @@ capture(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("function \"capture\" must be fired AFTER ... FOR EACH ROW")));
 
-	if (!statehub_capture)
+	if (!statehub_capture || row_moved(trigdata))
 		return PointerGetDatum(NULL);
 
 	trigger = trigdata->tg_trigger;
@@ -371,6 +478,7 @@ emit(PG_FUNCTION_ARGS)
 	attributes = PG_GETARG_JSONB_P(1);
 
 	statehub_check_event_type(event_type);
+	statehub_check_stream_covers(event_type, ERROR);
 	if (!JB_ROOT_IS_OBJECT(attributes) || JB_ROOT_IS_SCALAR(attributes))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -44,10 +44,11 @@
  * domains; booleans, numbers, date/times and json(b) have their own form;
  * arrays and composites recurse; a non-built-in type with a cast to json
  * uses the cast; everything else is its output text as a JSON string.
+ * The column is published under key_name (its own name when NULL).
  */
 void
 statehub_column_init(StatehubColumn *col, Form_pg_attribute att,
-					 MemoryContext mcxt)
+					 const char *key_name, MemoryContext mcxt)
 {
 	Oid			typoid = getBaseType(att->atttypid);
 	Oid			funcoid = InvalidOid;
@@ -58,7 +59,7 @@ statehub_column_init(StatehubColumn *col, Form_pg_attribute att,
 	col->basetype = typoid;
 
 	initStringInfo(&key);
-	escape_json(&key, NameStr(att->attname));
+	escape_json(&key, key_name != NULL ? key_name : NameStr(att->attname));
 	appendStringInfoString(&key, ": ");
 	col->key = MemoryContextStrdup(mcxt, key.data);
 	col->keylen = key.len;

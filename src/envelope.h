@@ -43,7 +43,7 @@ typedef struct StatehubColumn
 } StatehubColumn;
 
 extern void statehub_column_init(StatehubColumn *col, Form_pg_attribute att,
-								 MemoryContext mcxt);
+								 const char *key_name, MemoryContext mcxt);
 extern void statehub_append_value(StringInfo buf, StatehubColumn *col,
 								  Datum value, bool isnull);
 extern void statehub_new_event_id(unsigned char *id);

@@ -8,9 +8,11 @@
  *
  * - a capture trigger on the table, created AS THE CALLER (so PostgreSQL
  *   itself checks the caller's right to create triggers there, and nothing
- *   is escalated), whose WHEN clause and UPDATE OF list let PostgreSQL
- *   filter rows before capture runs, and whose arguments carry everything
- *   capture needs (see capture.c);
+ *   is escalated), whose WHEN clause lets PostgreSQL filter rows before
+ *   capture runs, and whose arguments carry everything capture needs: the
+ *   keys, fixed now to the columns' names of today, and the columns they
+ *   are read from (see catalog_checks.h; mapping_upkeep.c keeps them true
+ *   through later DDL);
  * - a row in statehub_events.mapping recording the declaration as the DBA
  *   wrote it (for the mappings view and pg_dump), written as the table's
  *   owner because callers have no rights on it.  That SQL is the only code
@@ -32,6 +34,11 @@
  * search_path.  A DBA's condition is first parsed on its own and must be a
  * single expression, so it cannot close the WHEN clause and add SQL.
  *
+ * A declaration means what it says or is refused (issue 12): to/from values
+ * the column can never hold, or that name a moment relative to now, are
+ * errors; an event type outside stream_subjects is a warning; replacing a
+ * declaration is a NOTICE that shows the old and the new one.
+ *
  * Every check happens before anything is created, and any error aborts the
  * caller's transaction: nothing is ever half-created.
  *
@@ -41,6 +48,11 @@
 
 #include "access/htup_details.h"
 #include "access/relation.h"
+#include "access/sysattr.h"
+#include "catalog/pg_enum.h"
+#include "executor/executor.h"
+#include "optimizer/optimizer.h"
+#include "parser/parse_coerce.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_class.h"
@@ -56,6 +68,7 @@
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/formatting.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -314,7 +327,152 @@ owner_section_end(OwnerSection *section)
 	SetUserIdAndSecContext(section->save_userid, section->save_sec);
 }
 
-/* Convert a to_value/from_value with the column's input function. */
+/*
+ * Date/time input that names a moment relative to now: the trigger would
+ * compare with the moment of the declaration, while the mappings view shows
+ * the word (issue 12, item 4).  Refused in any type whose values are, or
+ * contain, dates or times.
+ */
+static const char *const relative_words[] = {"now", "today", "yesterday", "tomorrow"};
+
+static bool
+is_datetime_type(Oid typid)
+{
+	Oid			base = getBaseType(typid);
+	Oid			elem = get_element_type(base);
+
+	if (OidIsValid(elem))
+		base = getBaseType(elem);
+	else if (type_is_range(base))
+		base = getBaseType(get_range_subtype(base));
+	return TypeCategory(base) == TYPCATEGORY_DATETIME;
+}
+
+static void
+check_constant_input(Form_pg_attribute att, const char *argname, const char *value)
+{
+	char	   *lower;
+
+	if (!is_datetime_type(att->atttypid))
+		return;
+	lower = asc_tolower(value, strlen(value));
+	for (int i = 0; i < lengthof(relative_words); i++)
+	{
+		const char *p = lower;
+
+		while ((p = strstr(p, relative_words[i])) != NULL)
+		{
+			size_t		len = strlen(relative_words[i]);
+			bool		starts = p == lower || !isalpha((unsigned char) p[-1]);
+			bool		ends = !isalpha((unsigned char) p[len]);
+
+			if (starts && ends)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("%s \"%s\" is not a constant", argname, value),
+						 errdetail("\"%s\" means a moment relative to the time it is read; the trigger would compare with the moment of the declaration.",
+								   relative_words[i]),
+						 errhint("Pass the date or time itself, such as '2026-01-31'.")));
+			p += len;
+		}
+	}
+}
+
+/*
+ * An enum label the type does not have is an ERROR with the labels in a
+ * hint (the input function would say only "invalid input value").
+ */
+static void
+check_enum_label(Form_pg_attribute att, Relation rel, const char *argname,
+				 const char *value)
+{
+	Oid			base = getBaseType(att->atttypid);
+
+	if (!type_is_enum(base) || strlen(value) >= NAMEDATALEN ||
+		SearchSysCacheExists2(ENUMTYPOIDNAME, ObjectIdGetDatum(base),
+							  CStringGetDatum(value)))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+			 errmsg("%s \"%s\" is not a label of type %s", argname, value,
+					format_type_be(base)),
+			 errdetail("Column \"%s\" of table \"%s\" can never hold it, so the event would never be published.",
+					   NameStr(att->attname), RelationGetRelationName(rel)),
+			 errhint("The labels are listed by: SELECT pg_catalog.enum_range(NULL::%s);",
+					 format_type_be_qualified(base))));
+}
+
+/*
+ * A value that a single-column CHECK constraint of the table refuses can
+ * never be stored, so a transition to or from it never happens: an ERROR,
+ * naming the constraint (issue 12, item 3).  The constraint is evaluated
+ * as the table's owner (it is the owner's code), as ExecRelCheck would on
+ * a row holding only that value.
+ */
+static void
+check_column_constraints(Form_pg_attribute att, Relation rel,
+						 const char *argname, const char *value, Datum datum)
+{
+	TupleConstr *constr = RelationGetDescr(rel)->constr;
+	TupleTableSlot *slot = NULL;
+	EState	   *estate = NULL;
+
+	if (constr == NULL)
+		return;
+	for (int i = 0; i < constr->num_check; i++)
+	{
+		ConstrCheck *check = &constr->check[i];
+		Expr	   *expr = (Expr *) stringToNode(check->ccbin);
+		Bitmapset  *attrs = NULL;
+		ExprState  *state;
+		ExprContext *econtext;
+		OwnerSection section;
+		bool		ok;
+
+		pull_varattnos((Node *) expr, 1, &attrs);
+		if (bms_num_members(attrs) != 1 ||
+			!bms_is_member(att->attnum - FirstLowInvalidHeapAttributeNumber, attrs))
+			continue;
+
+		if (estate == NULL)
+		{
+			estate = CreateExecutorState();
+			slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsVirtual);
+			ExecClearTuple(slot);
+			for (int j = 0; j < slot->tts_tupleDescriptor->natts; j++)
+				slot->tts_isnull[j] = true;
+			slot->tts_values[att->attnum - 1] = datum;
+			slot->tts_isnull[att->attnum - 1] = false;
+			ExecStoreVirtualTuple(slot);
+		}
+		owner_section_begin(rel->rd_rel->relowner, &section);
+		state = ExecPrepareExpr(expr, estate);
+		econtext = GetPerTupleExprContext(estate);
+		econtext->ecxt_scantuple = slot;
+		ok = ExecCheck(state, econtext);
+		owner_section_end(&section);
+		if (!ok)
+			ereport(ERROR,
+					(errcode(ERRCODE_CHECK_VIOLATION),
+					 errmsg("%s \"%s\" can never be stored in column \"%s\" of table \"%s\"",
+							argname, value, NameStr(att->attname),
+							RelationGetRelationName(rel)),
+					 errdetail("It violates check constraint \"%s\", so the event would never be published.",
+							   check->ccname),
+					 errhint("Pass a value the column can hold.")));
+	}
+	if (estate != NULL)
+	{
+		ExecDropSingleTupleTableSlot(slot);
+		FreeExecutorState(estate);
+	}
+}
+
+/*
+ * Convert a to_value/from_value with the column's input function, after
+ * refusing what can never be compared as declared: relative dates and
+ * times, labels the enum lacks, values a CHECK of the column refuses.
+ */
 static Datum
 convert_value(Form_pg_attribute att, Relation rel, const char *argname,
 			  const char *value)
@@ -325,6 +483,9 @@ convert_value(Form_pg_attribute att, Relation rel, const char *argname,
 	ValueContext ctx;
 	ErrorContextCallback errcb;
 	OwnerSection section;
+
+	check_constant_input(att, argname, value);
+	check_enum_label(att, rel, argname, value);
 
 	ctx.argname = argname;
 	ctx.column = NameStr(att->attname);
@@ -341,6 +502,8 @@ convert_value(Form_pg_attribute att, Relation rel, const char *argname,
 	owner_section_end(&section);
 
 	error_context_stack = errcb.previous;
+
+	check_column_constraints(att, rel, argname, value, result);
 	return result;
 }
 
@@ -582,6 +745,125 @@ declaration_error_context(void *arg)
 	errcontext("condition of event \"%s\"", (const char *) arg);
 }
 
+/* Append one quoted trigger argument. */
+static void
+append_arg(StringInfo buf, const char *arg)
+{
+	appendStringInfo(buf, ", %s", quote_literal_cstr(arg));
+}
+
+/*
+ * " EXECUTE FUNCTION statehub_events.capture(...)" with the arguments
+ * described in catalog_checks.h: every key is the column's name now, at
+ * declaration.  All columns are listed as they are now, so their keys stay
+ * fixed too.
+ */
+static void
+append_capture_call(StringInfo ddl, Relation rel, TrackSpec *spec,
+					List *attributes)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	ListCell   *lc;
+
+	appendStringInfo(ddl, " EXECUTE FUNCTION %s.capture(%s", STATEHUB_SCHEMA,
+					 quote_literal_cstr(spec->event_type));
+	append_arg(ddl, spec->attributes == NULL ? STATEHUB_ARGS_ALL_KEYS : STATEHUB_ARGS_KEYS);
+	append_arg(ddl, spec->column_name != NULL ? spec->column_name : "");
+	append_arg(ddl, spec->column_name != NULL ? spec->column_name : "");
+	if (spec->attributes == NULL)
+	{
+		for (int i = 0; i < desc->natts; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+
+			if (att->attisdropped)
+				continue;
+			append_arg(ddl, NameStr(att->attname));
+			append_arg(ddl, NameStr(att->attname));
+		}
+	}
+	foreach(lc, attributes)
+	{
+		append_arg(ddl, (char *) lfirst(lc));
+		append_arg(ddl, (char *) lfirst(lc));
+	}
+	appendStringInfoChar(ddl, ')');
+}
+
+/*
+ * A declaration in words, for the NOTICE of a replaced one: "column
+ * \"status\" from 'open' to 'stale', attributes {id,title}".
+ */
+static char *
+describe_declaration(const char *column, const char *from_value,
+					 const char *to_value, const char *attributes,
+					 const char *condition)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	if (column != NULL)
+		appendStringInfo(&buf, "column %s %s%s to %s, ", quote_identifier(column),
+						 from_value ? "from " : "from any value",
+						 from_value ? quote_literal_cstr(from_value) : "",
+						 quote_literal_cstr(to_value));
+	if (attributes != NULL)
+		appendStringInfo(&buf, "attributes %s", attributes);
+	else
+		appendStringInfoString(&buf, "all columns");
+	if (condition != NULL)
+		appendStringInfo(&buf, ", condition %s", condition);
+	return buf.data;
+}
+
+/* NOTICE that the declaration in force of (table, event type) is replaced. */
+static void
+notice_replaced(Relation rel, TrackSpec *spec, List *names)
+{
+	Oid			argtypes[2] = {OIDOID, TEXTOID};
+	Datum		args[2];
+	HeapTuple	row;
+	TupleDesc	desc;
+	char	   *before;
+	char	   *now;
+	char	   *attributes = NULL;
+
+	args[0] = ObjectIdGetDatum(RelationGetRelid(rel));
+	args[1] = CStringGetTextDatum(spec->event_type);
+	execute_as_owner("SELECT m.column_name::pg_catalog.text, m.from_value, m.to_value,"
+					 "       m.attributes::pg_catalog.text, m.condition"
+					 "  FROM statehub_events.mapping m"
+					 " WHERE m.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1"
+					 "   AND m.event_type OPERATOR(pg_catalog.=) $2",
+					 2, argtypes, args, NULL);
+	if (SPI_processed == 0)
+		return;
+	row = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	before = describe_declaration(SPI_getvalue(row, desc, 1), SPI_getvalue(row, desc, 2),
+								  SPI_getvalue(row, desc, 3), SPI_getvalue(row, desc, 4),
+								  SPI_getvalue(row, desc, 5));
+	if (spec->attributes != NULL)
+	{
+		StringInfoData buf;
+		ListCell   *lc;
+
+		initStringInfo(&buf);
+		appendStringInfoChar(&buf, '{');
+		foreach(lc, names)
+			appendStringInfo(&buf, "%s%s", foreach_current_index(lc) > 0 ? "," : "",
+							 (char *) lfirst(lc));
+		appendStringInfoChar(&buf, '}');
+		attributes = buf.data;
+	}
+	now = describe_declaration(spec->column_name, spec->from_value, spec->to_value,
+							   attributes, spec->condition);
+	ereport(NOTICE,
+			(errmsg("event \"%s\" on table \"%s\" is declared again: the declaration in force is replaced",
+					spec->event_type, RelationGetRelationName(rel)),
+			 errdetail("It was: %s.  It is now: %s.", before, now)));
+}
+
 /* Create (or replace) one mapping; see the file header. */
 static void
 track(TrackSpec *spec)
@@ -591,7 +873,6 @@ track(TrackSpec *spec)
 	char	   *tgname;
 	char	   *qualified;
 	StringInfoData ddl;
-	ListCell   *lc;
 	Oid			argtypes[9] = {OIDOID, TEXTOID, TEXTOID, NAMEOID, TEXTOID,
 	TEXTOID, TEXTARRAYOID, TEXTOID, NAMEOID};
 	Datum		args[9];
@@ -601,6 +882,8 @@ track(TrackSpec *spec)
 
 	statehub_check_event_type(spec->event_type);
 	rel = open_tracked_table(spec->relid, true);
+	/* a warning: the DBA may be about to widen the stream */
+	statehub_check_stream_covers(spec->event_type, WARNING);
 	attributes = check_attributes(rel, spec->attributes, is_update);
 	qualified = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 										   RelationGetRelationName(rel));
@@ -626,8 +909,9 @@ track(TrackSpec *spec)
 		type = format_type_be_qualified(att->atttypid);
 		col = (char *) quote_identifier(NameStr(att->attname));
 
-		appendStringInfo(&ddl, "UPDATE OF %s ON %s FOR EACH ROW WHEN (NEW.%s %s %s::%s AND ",
-						 col, qualified, col, opr,
+		/* no UPDATE OF: a BEFORE trigger may change the column too */
+		appendStringInfo(&ddl, "UPDATE ON %s FOR EACH ROW WHEN (NEW.%s %s %s::%s AND ",
+						 qualified, col, opr,
 						 quote_literal_cstr(spec->to_value), type);
 		if (spec->from_value != NULL)
 		{
@@ -664,12 +948,7 @@ track(TrackSpec *spec)
 	else
 		appendStringInfo(&ddl, "DELETE ON %s FOR EACH ROW ", qualified);
 
-	appendStringInfo(&ddl, " EXECUTE FUNCTION %s.capture(%s, %s",
-					 STATEHUB_SCHEMA, quote_literal_cstr(spec->event_type),
-					 attributes == NIL && spec->attributes == NULL ? "'all'" : "'list'");
-	foreach(lc, attributes)
-		appendStringInfo(&ddl, ", %s", quote_literal_cstr((char *) lfirst(lc)));
-	appendStringInfoChar(&ddl, ')');
+	append_capture_call(&ddl, rel, spec, attributes);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -684,6 +963,8 @@ track(TrackSpec *spec)
 						declaring_function(existing)),
 				 errdetail("A table declares each event type once; declaring it again with the same function replaces it."),
 				 errhint("Call statehub_events.untrack first, or use another event type.")));
+	if (existing != NULL)
+		notice_replaced(rel, spec, attributes);
 	(void) remove_mapping(rel, spec->event_type);
 	if (spec->condition != NULL)
 	{

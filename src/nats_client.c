@@ -80,6 +80,7 @@
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
+#include "catalog_checks.h"
 #include "nats_client.h"
 #include "statehub_events.h"
 
@@ -904,35 +905,6 @@ set_stream_subjects(const char *list, const char **subjects, int n)
 	pfree(buf.data);
 }
 
-/*
- * Whether NATS subject pattern pattern (tokens, "*" for one, ">" for the
- * rest) matches the literal subject.
- */
-static bool
-subject_matches(const char *pattern, const char *subject)
-{
-	const char *p = pattern;
-	const char *t = subject;
-
-	for (;;)
-	{
-		size_t		plen = strcspn(p, ".");
-		size_t		tlen = strcspn(t, ".");
-
-		if (plen == 1 && p[0] == '>')
-			return tlen > 0;
-		if (!(plen == 1 && p[0] == '*') &&
-			(plen != tlen || strncmp(p, t, plen) != 0))
-			return false;
-		p += plen;
-		t += tlen;
-		if (*p == '\0' || *t == '\0')
-			return *p == '\0' && *t == '\0';
-		p++;
-		t++;
-	}
-}
-
 /* Whether the stream listens on (or, missing, will listen on) subject. */
 static bool
 stream_covers(const char *subject)
@@ -948,7 +920,7 @@ stream_covers(const char *subject)
 		{
 			memcpy(pattern, p, len);
 			pattern[len] = '\0';
-			if (subject_matches(pattern, subject))
+			if (statehub_subject_matches(pattern, subject))
 				return true;
 		}
 		p += len;

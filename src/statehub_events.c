@@ -376,6 +376,7 @@ _PG_init(void)
 
 	define_capture_gucs();
 	define_delivery_gucs();
+	statehub_capture_init();
 
 	/*
 	 * A PGC_POSTMASTER variable can only be defined while preloading (later

@@ -3,7 +3,8 @@
 #
 # Delivery cases 7 and 8: per-event rejections.  With stream_create = off
 # and no stream, events on a subject outside the configured stream_subjects
-# (no stream listens on it, nor would the configured one) are retried
+# (no stream listens on it, nor would the configured one; such a mapping is
+# declared with a warning, emit() refuses the type) are retried
 # max_attempts times and then dead-lettered with a clear reason; once a DBA
 # creates a stream for them, retry_dead_letters() delivers them.  (Events
 # on the configured subjects wait for their stream instead: 187_stream.pl.)  An event larger than the server's
@@ -41,7 +42,25 @@ sub emit
 
 # --- case 7: no stream, stream_create = off ---------------------------------
 
-my @ids = map { emit('org.nostream.test.event', qq{'{"n": $_}'}) } 1 .. 5;
+# emit() refuses a type outside stream_subjects; a declaration only warns,
+# so events of such a mapping can still be queued (issue 12, item 6)
+my ($rc, $out, $err) = $node->psql('postgres',
+	q{SELECT statehub_events.emit('org.nostream.test.event', '{}')});
+isnt($rc, 0, 'case 7: emit() refuses a type outside stream_subjects');
+like($err, qr/HINT:  .*statehub_events\.stream_subjects/,
+	'case 7: the hint names the setting');
+($rc, $out, $err) = $node->psql('postgres', q{
+CREATE TABLE nostream (n int);
+SELECT statehub_events.track_insert('nostream', 'org.nostream.test.event')});
+like($err, qr/WARNING:  event type "org.nostream.test.event" is not among the stream's subjects/,
+	'case 7: declaring such a type warns');
+my @ids = split /\n/, $node->safe_psql(
+	'postgres', q{
+BEGIN;
+INSERT INTO nostream SELECT pg_catalog.generate_series(1, 5);
+SELECT event_id FROM statehub_events.outbox ORDER BY id;
+COMMIT;});
+is(scalar @ids, 5, 'case 7: five events queued');
 
 ok($node->poll_query_until('postgres',
 		'SELECT count(*) = 5 FROM statehub_events.dead_letter'),

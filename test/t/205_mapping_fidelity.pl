@@ -1,0 +1,128 @@
+
+# Copyright: statehub_events contributors
+#
+# Issue 12, items 1 and 2, as consumers see them in the stream of a real
+# nats-server: after RENAME COLUMN the events carry the keys they were
+# declared with; a change a BEFORE UPDATE trigger makes to the tracked
+# column is published as the transition; an UPDATE that moves a row to
+# another partition publishes no deleted and no second recorded event.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::RealBin;
+
+use JSON::PP;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use StatehubTest;
+use Test::More;
+
+my $nats = StatehubTest::Nats->new('fidelity');
+$nats->start;
+# no nats_url yet: the events wait in the outbox until they are all queued
+my $node = StatehubTest::new_node('fidelity');
+
+$node->safe_psql(
+	'postgres', q{
+CREATE TABLE workstreams (id int PRIMARY KEY, title text, status text);
+SELECT statehub_events.track_insert('workstreams', 'org.statehub.workstream.created', '{id,title}');
+SELECT statehub_events.track_transition('workstreams', 'status', 'completed',
+                                        'org.statehub.workstream.completed',
+                                        attributes => '{id,title}');
+CREATE TABLE audit_log (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+CREATE TABLE audit_2026 PARTITION OF audit_log FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+CREATE TABLE audit_2027 PARTITION OF audit_log FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
+SELECT statehub_events.track_insert('audit_log', 'org.statehub.audit.recorded');
+SELECT statehub_events.track_delete('audit_log', 'org.statehub.audit.deleted', '{id}');
+});
+
+$node->safe_psql(
+	'postgres', q{
+INSERT INTO workstreams VALUES (1, 'one', 'open'), (2, 'two', 'open');
+ALTER TABLE workstreams RENAME COLUMN title TO name;
+ALTER TABLE workstreams RENAME COLUMN status TO state;
+UPDATE workstreams SET state = 'completed' WHERE id = 1;
+CREATE FUNCTION close_on_done() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.name LIKE '%(done)' THEN
+        NEW.state := 'completed';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER close_on_done BEFORE UPDATE ON workstreams
+    FOR EACH ROW EXECUTE FUNCTION close_on_done();
+UPDATE workstreams SET name = 'two (done)' WHERE id = 2;
+INSERT INTO audit_log VALUES (1, '2026-05-01'), (2, '2026-06-01');
+UPDATE audit_log SET at = '2027-02-01' WHERE id = 1;
+DELETE FROM audit_log WHERE id = 2;
+});
+
+is( $node->safe_psql(
+		'postgres', q{
+SELECT string_agg(event_type || ' ' || coalesce(column_name || '/' || column_key, '-') || ' '
+                  || attribute_keys::text || ' ' || attribute_columns::text, ', ' ORDER BY event_type)
+  FROM statehub_events.mappings WHERE table_name = 'workstreams'::regclass}),
+	'org.statehub.workstream.completed state/status {id,title} {id,name}, '
+	  . 'org.statehub.workstream.created - {id,title} {id,name}',
+	'the mappings view shows each key and the column it is read from now');
+
+my $queued = StatehubTest::outbox_events($node);
+StatehubTest::set_gucs($node, nats_url => $nats->url);
+ok(StatehubTest::wait_for_drain($node), 'the outbox drains');
+my $msgs = StatehubTest::stream_holds_exactly($nats, 'STATEHUB',
+	[ map { $_->{event_id} } @$queued ], 'fidelity');
+my $json = JSON::PP->new->utf8->canonical;
+my @got = map {
+	my $env = $json->decode($_->{body});
+	"$env->{type} " . $json->encode($env->{attributes})
+} sort { $a->{seq} <=> $b->{seq} } @$msgs;
+is_deeply(
+	\@got,
+	[
+		'org.statehub.workstream.created {"id":1,"title":"one"}',
+		'org.statehub.workstream.created {"id":2,"title":"two"}',
+		'org.statehub.workstream.completed {"id":1,"previous":{"status":"open"},"title":"one"}',
+		'org.statehub.workstream.completed {"id":2,"previous":{"status":"open"},"title":"two (done)"}',
+		'org.statehub.audit.recorded {"at":"2026-05-01","id":1}',
+		'org.statehub.audit.recorded {"at":"2026-06-01","id":2}',
+		'org.statehub.audit.deleted {"id":2}',
+	],
+	'the stream: declared keys after the renames, the BEFORE trigger\'s transition, no events for the moved row'
+);
+
+# A dump restores the declarations with their keys and columns: the trigger
+# names its columns (a restored table has no dropped columns, so attribute
+# numbers would shift), and the keys survive a rename before the dump.
+$node->safe_psql(
+	'postgres', q{
+CREATE TABLE shifted (id int PRIMARY KEY, junk text, title text);
+SELECT statehub_events.track_insert('shifted', 'org.statehub.shifted.created', '{id,title}');
+ALTER TABLE shifted DROP COLUMN junk;
+ALTER TABLE shifted RENAME COLUMN title TO label;
+});
+my @conn = ('-h', $node->host, '-p', $node->port);
+my $tmp = PostgreSQL::Test::Utils::tempdir;
+$node->command_ok([ 'pg_dump', @conn, '-Fc', '-f', "$tmp/fidelity.dump", 'postgres' ],
+	'pg_dump of the database');
+$node->safe_psql('postgres', 'CREATE DATABASE restored');
+$node->command_ok(
+	[ 'pg_restore', @conn, '--exit-on-error', '-d', 'restored', "$tmp/fidelity.dump" ],
+	'the dump restores');
+my $view = q{SELECT table_name, event_type, column_name, column_key, attribute_keys,
+                    attribute_columns FROM statehub_events.mappings ORDER BY table_name::text, 2};
+is($node->safe_psql('restored', $view), $node->safe_psql('postgres', $view),
+	'the restored mappings show the same keys and columns');
+is( $node->safe_psql(
+		'restored', q{
+INSERT INTO shifted VALUES (1, 'moved up');
+SELECT (payload::json -> 'attributes')::text FROM statehub_events.outbox
+ WHERE subject = 'org.statehub.shifted.created'}),
+	'{"id": 1, "title": "moved up"}',
+	'the restored table publishes under the declared keys');
+
+$node->stop;
+$nats->stop;
+done_testing();
