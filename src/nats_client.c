@@ -123,6 +123,9 @@ static int *batch_slots = NULL;
 static uint32 batch_nslots = 0;		/* a power of two */
 
 static void batch_end(void);
+
+/* When the connection was last lost (disconnected_cb), a TimestampTz. */
+static pg_atomic_uint64 lost_at;
 static natsStatus wait_for_acks(int timeout_ms);
 
 /* What the helper thread does (see the file header). */
@@ -307,7 +310,25 @@ ack_handler(jsCtx *ctx, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,
 static void
 disconnected_cb(natsConnection *nc, void *closure)
 {
+	struct timespec now;
+
+	/* a TimestampTz, computed by hand: no PostgreSQL function here */
+	clock_gettime(CLOCK_REALTIME, &now);
+	pg_atomic_write_u64(&lost_at,
+						(uint64) (((int64) now.tv_sec -
+								   (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY) *
+								  USECS_PER_SEC + now.tv_nsec / 1000));
 	SetLatch(MyLatch);
+}
+
+/*
+ * When the connection was last lost (0: never), as the disconnected
+ * callback saw it, not when the worker noticed.
+ */
+TimestampTz
+statehub_nats_lost_at(void)
+{
+	return (TimestampTz) pg_atomic_read_u64(&lost_at);
 }
 
 /*
@@ -752,9 +773,16 @@ run_on_helper(HelperJob job)
 StatehubNatsResult
 statehub_nats_connect(char *errbuf, size_t errlen)
 {
+	static bool lost_at_ready = false;
 	natsStatus	s;
 	const char *what;
 
+	/* before the first connection, so before any callback can run */
+	if (!lost_at_ready)
+	{
+		pg_atomic_init_u64(&lost_at, 0);
+		lost_at_ready = true;
+	}
 	statehub_nats_close();
 
 	s = build_options(&helper.opts, &what);

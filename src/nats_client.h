@@ -16,6 +16,8 @@
 
 #include "postgres.h"
 
+#include "datatype/timestamp.h"
+
 /* Text form of a UUID, the Nats-Msg-Id of an event. */
 #define STATEHUB_MSG_ID_LEN 36
 
@@ -81,5 +83,6 @@ extern StatehubNatsResult statehub_nats_publish_wait(StatehubPubEvent *events,
 
 extern void statehub_nats_abandon_batch(void);
 extern bool statehub_nats_stream_trouble(const StatehubPubEvent *ev);
+extern TimestampTz statehub_nats_lost_at(void);
 
 #endif							/* STATEHUB_NATS_CLIENT_H */

@@ -44,7 +44,7 @@
  * them.  So each transaction checks that the outbox is still the table
  * scanned before (same relfilenode): one dropped and created again, or
  * truncated, may reuse the ids.  If it is not, the batch in flight is
- * forgotten unsettled and the cursor starts again at 0.  Forgotten also
+ * forgotten unsettled and the cursor goes back to the start.  Forgotten also
  * when the connection is replaced (settings reloaded): nothing of it is
  * deleted, the cursor goes back to its first event, and what the stream
  * already has is dropped when it is published again.
@@ -118,9 +118,23 @@
  * the suspect goes out alone (a batch of one): a loss that took several
  * events with it says nothing about which of them the server choked on,
  * and an innocent event that happened to be first then gets its answer,
- * is cleared, and the next unanswered one becomes the suspect.
+ * is cleared, and the next unanswered one becomes the suspect.  Only a
+ * loss within POISON_WINDOW_MS of the suspect going out counts: a server
+ * that chokes on an event drops the connection as soon as it reads it,
+ * while one that hung and was killed (a watchdog restarting a frozen
+ * nats-server) loses the connection whenever that happens; such a loss
+ * clears the count.
  */
 #define POISON_LOSSES 5
+
+/*
+ * A scan takes rows until their payloads reach this many bytes (and always
+ * at least one): batch_size counts events, and a thousand events near
+ * max_payload would hold gigabytes in each of the pipeline's batches and in
+ * cnats' copies of the batch in flight.
+ */
+#define BATCH_MAX_BYTES ((int64) 16 * 1024 * 1024)
+#define POISON_WINDOW_MS 250
 
 /* One published row of a batch. */
 typedef struct BatchRow
@@ -202,7 +216,7 @@ prepare(const char *sql, int nargs, Oid *argtypes)
 static void
 prepare_plans(void)
 {
-	Oid			scan_types[2] = {INT8OID, INT8OID};
+	Oid			scan_types[3] = {INT8OID, INT8OID, INT8OID};
 	Oid			due_types[3] = {INT8OID, INT8OID, TIMESTAMPTZOID};
 	Oid			next_due_types[1] = {TIMESTAMPTZOID};
 	Oid			ids_types[1] = {INT8ARRAYOID};
@@ -215,10 +229,22 @@ prepare_plans(void)
 	if (scan_plan != NULL)
 		return;
 
-	scan_plan = prepare("SELECT id, event_id, subject, payload, attempts, next_attempt_at"
-						" FROM statehub_events.outbox"
-						" WHERE id >= $1 ORDER BY id LIMIT $2",
-						2, scan_types);
+	/*
+	 * The next rows from the cursor, the first $2 by id; "within" is false
+	 * from the first row whose payload would take the batch past $3 bytes
+	 * (such rows are not taken, and their payload is not read).
+	 */
+	scan_plan = prepare("SELECT id, event_id, subject, payload, attempts, next_attempt_at,"
+						"       upto OPERATOR(pg_catalog.-) pg_catalog.octet_length(payload)"
+						"         OPERATOR(pg_catalog.<) $3 AS within"
+						" FROM (SELECT id, event_id, subject, payload, attempts, next_attempt_at,"
+						"              pg_catalog.sum(pg_catalog.octet_length(payload))"
+						"                OVER (ORDER BY id ROWS UNBOUNDED PRECEDING) AS upto"
+						"         FROM (SELECT id, event_id, subject, payload, attempts, next_attempt_at"
+						"                 FROM statehub_events.outbox"
+						"                WHERE id OPERATOR(pg_catalog.>=) $1 ORDER BY id LIMIT $2) o) s"
+						" ORDER BY id",
+						3, scan_types);
 
 	/*
 	 * Due retries below the cursor, through the partial index on
@@ -661,6 +687,7 @@ scan_batch(int64 from, bool retry_pass, int nskip, TimestampTz now,
 		ndue = (int) SPI_processed;
 		retry_due_at = (ndue == limit) ? now : next_retry_due(now);
 	}
+	values[2] = Int64GetDatum(BATCH_MAX_BYTES);
 	if (SPI_execute_plan(scan_plan, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not scan statehub_events.outbox");
 	nrows = (int) SPI_processed;
@@ -698,7 +725,9 @@ scan_batch(int64 from, bool retry_pass, int nskip, TimestampTz now,
 		}
 
 		/* a full batch already: what follows was not seen */
-		if (taken == batch_size)
+		if (taken == batch_size ||
+			(i >= ndue &&
+			 !DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull))))
 		{
 			result = STATEHUB_BATCH_FULL;
 			if (i < ndue)
@@ -839,7 +868,7 @@ statehub_pipeline_transaction(bool scan, bool *progress)
 	MemoryContext caller_cxt = CurrentMemoryContext;
 	StatehubBatchResult result = STATEHUB_BATCH_DONE;
 	StatehubScanXids xids;
-	int64		from = 0;
+	int64		from = STATEHUB_CURSOR_START;
 	int64		max_id = -1;
 	int64		covered = PG_INT64_MAX;
 	Settled		done;
@@ -855,7 +884,7 @@ statehub_pipeline_transaction(bool scan, bool *progress)
 	*progress = false;
 	if (scan && now >= retry_due_at)
 	{
-		/* a scan from 0 sees every due retry itself */
+		/* a scan from the start sees every due retry itself */
 		retry_pass = true;
 		retry_due_at = DT_NOEND;
 	}
@@ -867,7 +896,7 @@ statehub_pipeline_transaction(bool scan, bool *progress)
 	}
 	if (scan)
 		from = statehub_cursor_get(now);
-	retry_pass = retry_pass && from > 0;
+	retry_pass = retry_pass && from > STATEHUB_CURSOR_START;
 
 	nskip = (in_flight ? in_flight->n : 0) + (answered ? answered->n : 0);
 	/* room for the answered batch and the next one's poison rows */
@@ -942,8 +971,18 @@ statehub_pipeline_transaction(bool scan, bool *progress)
  * loss for the poison guard (POISON_LOSSES).
  */
 static void
-count_loss(int64 id)
+count_loss(int64 id, TimestampTz sent_at)
 {
+	TimestampTz lost_at = statehub_nats_lost_at();
+
+	if (lost_at < sent_at ||
+		lost_at > TimestampTzPlusMilliseconds(sent_at, POISON_WINDOW_MS))
+	{
+		/* not at once (or not seen): the network or a hung server */
+		suspect_id = -1;
+		suspect_losses = 0;
+		return;
+	}
 	if (id == suspect_id)
 		suspect_losses++;
 	else
@@ -1010,7 +1049,7 @@ statehub_pipeline_collect(char *error, size_t errlen, bool *stream_trouble)
 		/* below the cursor at once: everything after it goes out again */
 		statehub_cursor_lower(first);
 		if (!ok && !statehub_nats_connected())
-			count_loss(first);
+			count_loss(first, in_flight->published_at);
 	}
 	answered = in_flight;
 	in_flight = NULL;
@@ -1026,6 +1065,8 @@ statehub_pipeline_collect(char *error, size_t errlen, bool *stream_trouble)
 bool
 statehub_pipeline_publish(bool full, char *error, size_t errlen)
 {
+	TimestampTz sent_at = GetCurrentTimestamp();
+
 	if (scanned == NULL)
 		return true;
 	if (statehub_nats_publish_async(scanned->events, scanned->n, !full,
@@ -1034,11 +1075,11 @@ statehub_pipeline_publish(bool full, char *error, size_t errlen)
 	{
 		/* everything before it has its answer: its first event is first */
 		if (!statehub_nats_connected())
-			count_loss(scanned->rows[0].id);
+			count_loss(scanned->rows[0].id, sent_at);
 		drop_batch(&scanned);
 		return false;
 	}
-	scanned->published_at = GetCurrentTimestamp();
+	scanned->published_at = sent_at;
 	in_flight = scanned;
 	scanned = NULL;
 	return true;

@@ -40,6 +40,7 @@
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
+#include "cursor.h"
 #include "nats_client.h"
 #include "pipeline.h"
 #include "shmem.h"
@@ -359,7 +360,7 @@ worker_round(void)
 	StatehubBatchResult result;
 	char		error[STATEHUB_ERROR_LEN];
 	bool		ok;
-	bool		progress;
+	bool		progress = false;
 	bool		stream_trouble;
 	TimestampTz retry_due_at;
 
@@ -392,6 +393,8 @@ worker_round(void)
 	{
 		/* cleared before the scan: a commit after this wakes us again */
 		pg_atomic_write_u32(&statehub_shared->wake_pending, 0);
+		if (pg_atomic_exchange_u32(&statehub_shared->rescan_pending, 0) != 0)
+			statehub_cursor_rescan();
 
 		result = statehub_pipeline_transaction(true, &progress);
 		if (result == STATEHUB_BATCH_SKIPPED)
@@ -421,9 +424,18 @@ worker_round(void)
 		back_off(error);
 		return statehub_ms_until(next_attempt_at);
 	}
-	backoff_ms = 0;
-	if (state == STATEHUB_WORKER_BACKOFF)
-		set_state(STATEHUB_WORKER_CONNECTED, NULL);
+	/*
+	 * Out of back-off only once delivery moved on (acks settled, or nothing
+	 * to do): a publish that goes out and is refused by the stream every
+	 * time (full, no leader) must keep backing off longer, and must not log
+	 * "connected" and "could not deliver" once a second.
+	 */
+	if (progress)
+	{
+		backoff_ms = 0;
+		if (state == STATEHUB_WORKER_BACKOFF)
+			set_state(STATEHUB_WORKER_CONNECTED, NULL);
+	}
 
 	/* more to scan, or batches to settle: at once */
 	if (result == STATEHUB_BATCH_FULL || statehub_pipeline_in_flight() ||
@@ -499,14 +511,18 @@ statehub_worker_main(Datum main_arg)
 
 		MemoryContextReset(loop_context);
 		MemoryContextSwitchTo(loop_context);
-		CHECK_FOR_INTERRUPTS();
-
 		if (ConfigReloadPending)
 			reload_settings();
 
-		/* a round is the unit of recovery: an ERROR ends it, not the worker */
+		/*
+		 * A round is the unit of recovery: an ERROR ends it, not the worker.
+		 * Interrupts are processed inside, so a query cancel
+		 * (pg_cancel_backend) that arrived while the worker slept ends a
+		 * round too; SIGTERM still exits (die() makes it FATAL).
+		 */
 		PG_TRY();
 		{
+			CHECK_FOR_INTERRUPTS();
 			wait = worker_round();
 		}
 		PG_CATCH();
