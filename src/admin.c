@@ -267,12 +267,14 @@ wait_for_drain(PG_FUNCTION_ARGS)
 
 /*
  * wake_worker() wakes the worker when the current transaction commits,
- * for rows put into the outbox by hand (or by retry_dead_letters).
+ * for rows put into the outbox by hand (or by retry_dead_letters), and has
+ * its next scan start at the outbox's start: such rows may carry ids below
+ * its scan cursor.
  */
 Datum
 wake_worker(PG_FUNCTION_ARGS)
 {
-	statehub_capture_arm_wakeup();
+	statehub_capture_arm_rescan();
 	PG_RETURN_VOID();
 }
 

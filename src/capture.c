@@ -70,6 +70,7 @@ static ExecutorFinish_hook_type prev_executor_finish = NULL;
 static bool finishing_plain_update = false;	/* see row_moved */
 static bool cache_has_invalid = false;	/* entries to free before the next use */
 static bool wakeup_armed = false;
+static bool rescan_armed = false;	/* wake_worker(): scan from the start */
 static bool xact_callback_registered = false;
 
 /*
@@ -505,14 +506,19 @@ capture_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
+			/* before the wake-up: the scan it starts must see the request */
+			if (rescan_armed)
+				statehub_shmem_request_rescan();
 			if (wakeup_armed)
 				statehub_shmem_wake_worker();
 			wakeup_armed = false;
+			rescan_armed = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PREPARE:
 			/* COMMIT PREPARED is left to the worker's poll interval */
 			wakeup_armed = false;
+			rescan_armed = false;
 			break;
 		default:
 			break;
@@ -529,4 +535,12 @@ statehub_capture_arm_wakeup(void)
 		xact_callback_registered = true;
 	}
 	wakeup_armed = true;
+}
+
+/* At commit, the worker scans the whole outbox (wake_worker()). */
+void
+statehub_capture_arm_rescan(void)
+{
+	statehub_capture_arm_wakeup();
+	rescan_armed = true;
 }

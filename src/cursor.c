@@ -33,7 +33,7 @@
  * the cursor goes back down to the first of those (statehub_cursor_lower).
  * Lowering the cursor never breaks the invariant, and every later scan
  * starts from it.  Ids a writer holds before it has an xid escape the
- * argument above, so the cursor also goes back to 0 once a minute
+ * argument above, so the cursor also goes back to the start once a minute
  * (FULL_SCAN_INTERVAL_MS); that scan, and the one at start, find anything
  * left behind.
  *
@@ -57,18 +57,18 @@ typedef struct PendingCursor
 	FullTransactionId next_xid;
 } PendingCursor;
 
-static int64 cursor = 0;
+static int64 cursor = STATEHUB_CURSOR_START;
 static PendingCursor pending[MAX_PENDING_CURSORS];
 static int	npending = 0;
 static TimestampTz last_full_scan_at = 0;
 
-/* Where the next scan starts: the cursor, or 0 once a minute. */
+/* Where the next scan starts: the cursor, or the start once a minute. */
 int64
 statehub_cursor_get(TimestampTz now)
 {
 	if (now - last_full_scan_at >= (int64) FULL_SCAN_INTERVAL_MS * 1000)
-		cursor = 0;
-	if (cursor == 0)
+		cursor = STATEHUB_CURSOR_START;
+	if (cursor == STATEHUB_CURSOR_START)
 		last_full_scan_at = now;
 	return cursor;
 }
@@ -139,6 +139,17 @@ statehub_cursor_lower(int64 id)
 void
 statehub_cursor_restart(void)
 {
-	cursor = 0;
+	cursor = STATEHUB_CURSOR_START;
 	npending = 0;
+}
+
+/*
+ * Scan from the start next time, as once a minute: rows put in by hand
+ * (wake_worker()) may carry ids below the cursor.  Lowering it keeps the
+ * invariant; the pending cursors stay valid.
+ */
+void
+statehub_cursor_rescan(void)
+{
+	cursor = STATEHUB_CURSOR_START;
 }

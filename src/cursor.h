@@ -15,6 +15,12 @@
 #include "datatype/timestamp.h"
 #include "utils/snapshot.h"
 
+/*
+ * The start of the outbox: below every id, also a row put in by hand with
+ * an id of its own below the sequence's (zero or negative).
+ */
+#define STATEHUB_CURSOR_START PG_INT64_MIN
+
 /* What a scan needs to move the cursor afterwards. */
 typedef struct StatehubScanXids
 {
@@ -28,5 +34,6 @@ extern void statehub_cursor_advance(const StatehubScanXids *xids,
 									int64 max_id, int64 covered);
 extern void statehub_cursor_lower(int64 id);
 extern void statehub_cursor_restart(void);
+extern void statehub_cursor_rescan(void);
 
 #endif							/* STATEHUB_CURSOR_H */

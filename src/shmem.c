@@ -52,6 +52,7 @@ shmem_startup(void)
 	{
 		memset(statehub_shared, 0, sizeof(StatehubShared));
 		pg_atomic_init_u32(&statehub_shared->wake_pending, 0);
+		pg_atomic_init_u32(&statehub_shared->rescan_pending, 0);
 		ConditionVariableInit(&statehub_shared->drained_cv);
 		SpinLockInit(&statehub_shared->mutex);
 		statehub_shared->state = STATEHUB_WORKER_NOT_RUNNING;
@@ -87,6 +88,14 @@ statehub_shmem_wake_worker(void)
 	latch = statehub_shared->worker_latch;
 	if (latch != NULL)
 		SetLatch(latch);
+}
+
+/* The worker's next scan starts at the outbox's start (wake_worker()). */
+void
+statehub_shmem_request_rescan(void)
+{
+	if (statehub_shared != NULL)
+		pg_atomic_write_u32(&statehub_shared->rescan_pending, 1);
 }
 
 /*

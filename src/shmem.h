@@ -40,6 +40,13 @@ typedef struct StatehubShared
 	/* set by committing backends, cleared by the worker before each scan */
 	pg_atomic_uint32 wake_pending;
 
+	/*
+	 * set at the commit of a wake_worker() call, cleared by the worker, which
+	 * then scans the outbox from its start (rows put in by hand may have ids
+	 * below its scan cursor)
+	 */
+	pg_atomic_uint32 rescan_pending;
+
 	/* the worker's latch and pid; NULL / 0 while no worker runs */
 	Latch	   *worker_latch;
 
@@ -65,6 +72,7 @@ extern StatehubShared *statehub_shared;
 
 extern void statehub_shmem_install_hooks(void);
 extern void statehub_shmem_wake_worker(void);
+extern void statehub_shmem_request_rescan(void);
 extern void statehub_shmem_worker_started(pid_t pid, Latch *latch);
 extern void statehub_shmem_worker_stopped(void);
 extern void statehub_shmem_record_error(const char *error);

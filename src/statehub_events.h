@@ -72,6 +72,7 @@ extern void statehub_outbox_append(const unsigned char *event_id,
 
 /* capture.c: arm the commit-time wake-up of the worker */
 extern void statehub_capture_arm_wakeup(void);
+extern void statehub_capture_arm_rescan(void);
 extern void statehub_capture_init(void);
 
 /* worker.c */
