@@ -11,6 +11,12 @@
 # it, in the same batch, is delivered (a suspect goes out alone, so its
 # own losses are the ones that count); everything before and after is in
 # the stream exactly once, in order.
+#
+# The other side: when the connection is lost a while after the event went
+# out (a hung server that a watchdog kills and restarts), the event is not
+# poison, however often that happens: the relay then waits 800 ms before it
+# drops, the event stays queued through more than 5 such losses, and is
+# delivered once the relay lets it through.
 
 use strict;
 use warnings;
@@ -25,6 +31,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use StatehubTest;
 use Test::More;
+use Time::HiRes qw(usleep);
 
 my $marker = 'CHOKE-ON-THIS';
 
@@ -35,6 +42,8 @@ $nats->start;
 # client, both closed at once when the client sends the marker.
 my $relay_dir = PostgreSQL::Test::Utils::tempdir;
 my $drops_file = "$relay_dir/drops";
+my $mode_file = "$relay_dir/mode";    # "fast", "slow" (800 ms) or "pass"
+PostgreSQL::Test::Utils::append_to_file($mode_file, "fast\n");
 my $listener = IO::Socket::INET->new(
 	LocalAddr => '127.0.0.1',
 	LocalPort => 0,
@@ -79,8 +88,10 @@ if ($relay_pid == 0)
 				$drop->($s);
 				next;
 			}
-			if (${*$s}{client} && index($buf, $marker) >= 0)
+			my $mode = PostgreSQL::Test::Utils::slurp_file($mode_file);
+			if (${*$s}{client} && index($buf, $marker) >= 0 && $mode !~ /pass/)
 			{
+				select(undef, undef, undef, 0.8) if $mode =~ /slow/;
 				open(my $f, '>>', $drops_file) or die;
 				print $f "drop\n";
 				close($f);
@@ -140,6 +151,30 @@ cmp_ok(scalar @drops, '<=', 7,
 	'and not many more: the innocent event cost at most one more loss');
 is(StatehubTest::worker_status($node)->{pid}, $pid, 'the same worker process throughout');
 StatehubTest::wait_for_worker_state($node, 'connected');
+
+# slow losses: not poison
+open(my $mf, '>', $mode_file) or die;
+print $mf "slow\n";
+close($mf);
+my $drops_before = scalar @drops;
+my $slow = $node->safe_psql('postgres',
+	qq{SELECT statehub_events.emit('org.statehub.test.created', '{"slow": "$marker"}')});
+my $lost = 0;
+foreach (1 .. 600)
+{
+	$lost = scalar(split /\n/, slurp_file($drops_file)) - $drops_before;
+	last if $lost >= 7;
+	usleep(100_000);
+}
+cmp_ok($lost, '>=', 7, 'slow losses: the connection was lost 7 times with the event first');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM statehub_events.dead_letter}),
+	'1', 'slow losses: the event is not taken for poison');
+open($mf, '>', $mode_file) or die;
+print $mf "pass\n";
+close($mf);
+ok(StatehubTest::wait_for_drain($node, 60), 'slow losses: the event drains once it gets through');
+push @expected, $slow;
+StatehubTest::stream_holds_exactly($nats, 'STATEHUB', \@expected, 'after slow losses');
 
 $node->stop;
 kill 'KILL', $relay_pid;
