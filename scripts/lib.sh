@@ -132,16 +132,18 @@ wait_for_port()
 # (bounded) until it wrote its pid and accepts connections. Returns 2 when the
 # server exited because the port was taken (picked free, bound by another
 # process in between), so the caller can try another port; dies on any other
-# failure, showing the log.
+# failure, showing the log. Arguments after $4 go to nats-server as they are
+# (a cluster node's --name, --cluster_name, --cluster and --routes).
 nats_start()
 {
 	local store=$1 port=$2 pidfile=$3 log=$4 launcher i offset new
+	shift 4
 	rm -f "$pidfile"
 	: >>"$log"
 	offset=$(stat -c %s "$log")
 	is_root && chown "$(runner_user):" "$log"
 	as_runner setsid nats-server -js -a 127.0.0.1 -p "$port" -sd "$store" \
-		-P "$pidfile" -l "$log" </dev/null >/dev/null 2>&1 &
+		-P "$pidfile" -l "$log" "$@" </dev/null >/dev/null 2>&1 &
 	launcher=$!
 	# Ready means this server said so and still runs: a port that accepts
 	# connections alone may be another process's.
