@@ -473,12 +473,13 @@ CREATE TABLE public.audit (id bigint PRIMARY KEY, event_id uuid NOT NULL,
                            queued_at timestamptz NOT NULL,
                            gone_at timestamptz, attempts int);
 CREATE FUNCTION public.audit_queued() RETURNS trigger LANGUAGE plpgsql AS \$\$
+DECLARE
+	last bigint := pg_catalog.currval('statehub_events.outbox_id_seq');
 BEGIN
 	INSERT INTO public.audit (id, event_id, queued_at)
 	SELECT o.id, o.event_id, pg_catalog.clock_timestamp()
 	  FROM statehub_events.outbox o
-	 WHERE o.id OPERATOR(pg_catalog.=)
-	       pg_catalog.currval('statehub_events.outbox_id_seq')
+	 WHERE o.id OPERATOR(pg_catalog.=) last
 	ON CONFLICT DO NOTHING;
 	RETURN NULL;
 END \$\$;
