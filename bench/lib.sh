@@ -22,14 +22,18 @@ BENCH_DIR=
 NATS_PORT=
 NATS_URL=
 PG_PORT=
+REPLICAS=1
 
 bench_cleanup()
 {
 	[[ -n $BENCH_DIR ]] || return 0
+	local pidfile
 	pg_stop_cluster "$BENCH_DIR/pg"
-	if [[ -s $BENCH_DIR/nats.pid ]] && pid_runs "$(cat "$BENCH_DIR/nats.pid")" nats-server; then
-		stop_pid "$(cat "$BENCH_DIR/nats.pid")" TERM
-	fi
+	for pidfile in "$BENCH_DIR"/nats.pid "$BENCH_DIR"/nats[123].pid; do
+		if [[ -s $pidfile ]] && pid_runs "$(cat "$pidfile")" nats-server; then
+			stop_pid "$(cat "$pidfile")" TERM
+		fi
+	done
 	if [[ -n ${BENCH_KEEP:-} ]]; then
 		say "kept $BENCH_DIR"
 	else
@@ -39,7 +43,10 @@ bench_cleanup()
 
 # Start nats-server and PostgreSQL with the extension created in database
 # postgres.  The worker starts disabled (nats_url empty) unless $1 is
-# "enabled".  Extra postgresql.conf lines come on stdin.
+# "enabled".  Extra postgresql.conf lines come on stdin.  With
+# BENCH_CLUSTER=1, NATS is a 3-node JetStream cluster on loopback instead
+# (NATS_URL lists all three) and the worker creates its stream R3
+# (REPLICAS=3, for the benchmark's own streams too).
 bench_start()
 {
 	local worker=${1:-disabled} url='' conf
@@ -53,11 +60,19 @@ bench_start()
 
 	BENCH_DIR=$(mktemp -d "${TMPDIR:-/tmp}/statehub-bench.XXXXXX")
 	trap bench_cleanup EXIT
-	mkdir -p "$BENCH_DIR/pg" "$BENCH_DIR/nats"
+	mkdir -p "$BENCH_DIR/pg" "$BENCH_DIR/nats" "$BENCH_DIR"/nats{1,2,3}/store
 	is_root && chown -R "$(runner_user):" "$BENCH_DIR"
 
-	start_free NATS_PORT nats_start "$BENCH_DIR/nats" "$BENCH_DIR/nats.pid" "$BENCH_DIR/nats.log"
-	NATS_URL=nats://127.0.0.1:$NATS_PORT
+	if [[ ${BENCH_CLUSTER:-0} == 1 ]]; then
+		REPLICAS=3
+		nats_start_cluster "$BENCH_DIR" statehub_bench
+		NATS_URL=$(nats_cluster_url "$BENCH_DIR")
+		conf+=$'\nstatehub_events.stream_replicas = 3'
+	else
+		REPLICAS=1
+		start_free NATS_PORT nats_start "$BENCH_DIR/nats" "$BENCH_DIR/nats.pid" "$BENCH_DIR/nats.log"
+		NATS_URL=nats://127.0.0.1:$NATS_PORT
+	fi
 
 	[[ $worker == enabled ]] && url=$NATS_URL
 	pg_init_cluster "$BENCH_DIR/pg" <<-EOT

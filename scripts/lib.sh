@@ -160,6 +160,42 @@ nats_start()
 	die "nats-server did not start on 127.0.0.1:$port within 30 s (log: $log)"
 }
 
+# Start a 3-node nats-server -js cluster on loopback, as nats_start does one
+# server: node N (1..3) has its store in $1/natsN/store (the caller creates
+# it), its log in $1/natsN/nats.log, its pid in $1/natsN.pid and its client
+# port in $1/natsN.port; server names $2_N, cluster name $2, routes between
+# all three on free ports.
+nats_start_cluster()
+{
+	local dir=$1 name=$2 i j port routes
+	local -a route_ports
+	route_ports=("$(free_port)" "$(free_port)" "$(free_port)")
+	for ((i = 1; i <= 3; i++)); do
+		routes=()
+		for ((j = 1; j <= 3; j++)); do
+			((j == i)) || routes+=("nats-route://127.0.0.1:${route_ports[j - 1]}")
+		done
+		start_free port nats_start "$dir/nats$i/store" "$dir/nats$i.pid" \
+			"$dir/nats$i/nats.log" --name "${name}_$i" --cluster_name "$name" \
+			--cluster "nats://127.0.0.1:${route_ports[i - 1]}" \
+			--routes "$(IFS=,; echo "${routes[*]}")"
+		echo "$port" >"$dir/nats$i.port"
+	done
+}
+
+# The client URLs of the cluster nats_start_cluster started in $1.
+nats_cluster_url()
+{
+	local i urls=()
+	for ((i = 1; i <= 3; i++)); do
+		urls+=("nats://127.0.0.1:$(cat "$1/nats$i.port")")
+	done
+	(
+		IFS=,
+		echo "${urls[*]}"
+	)
+}
+
 # Start a server on a free port: run "$2 $3 PORT $4..." (nats_start or
 # pg_start_cluster) with a port picked free, and again with another one while
 # it reports the port taken at bind time; the port used is left in the
