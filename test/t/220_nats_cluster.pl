@@ -33,7 +33,6 @@ use warnings;
 use FindBin;
 use lib $FindBin::RealBin;
 
-use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use StatehubTest;
@@ -81,14 +80,8 @@ append_to_file($script_new,
 append_to_file($script_done,
 	"UPDATE t SET status = 'done'\n"
 	  . " WHERE id = (SELECT max(id) FROM t) AND status = 'new';\n");
-my ($load_out, $load_err) = ('', '');
-my $load = IPC::Run::start(
-	[
-		'pgbench', '-n', '-h', $node->host, '-p', $node->port,
-		'-R', $rate, '-T', 3600, '-f', "$script_new\@4",
-		'-f', "$script_done\@1", 'postgres'
-	],
-	'>', \$load_out, '2>', \$load_err);
+my $load = StatehubTest::start_load($node, $rate, "$script_new\@4",
+	"$script_done\@1");
 ok(wait_for_audit(100), 'the load runs');
 
 # Wait (bounded) until every event queued so far left the outbox.
@@ -239,7 +232,6 @@ phase(
 # The load stops; the stream then holds exactly what was committed.
 $load->signal('INT');
 $load->finish;
-note("pgbench: $load_out");
 ok(StatehubTest::wait_for_drain($node), 'the outbox drains once the load stops');
 my @all = @{ StatehubTest::audit_ids($node) };
 my $msgs = StatehubTest::stream_holds_exactly($cluster->any_node, $stream,

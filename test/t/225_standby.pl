@@ -6,7 +6,7 @@
 #
 #   1. On a standby the worker never runs (BgWorkerStart_RecoveryFinished)
 #      and never publishes, whatever is queued; the status view says
-#      "not running" with no pid.
+#      "standby" with no pid.
 #   2. Under a steady load on the primary, tens of thousands of events
 #      queued, the primary is stopped in immediate mode in the middle of
 #      the drain and the standby promoted: its worker starts, and every
@@ -27,7 +27,6 @@ use warnings;
 use FindBin;
 use lib $FindBin::RealBin;
 
-use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use StatehubTest;
@@ -68,7 +67,7 @@ sub standby_never_publishes
 	is(StatehubTest::outbox_count($standby), $n,
 		"$what: the standby holds the $n queued events");
 	my $st = StatehubTest::worker_status($standby);
-	is($st->{state}, 'not running', "$what: the status view says not running");
+	is($st->{state}, 'standby', "$what: the status view says standby");
 	ok(!defined $st->{pid}, "$what: and shows no worker pid");
 	is( $standby->safe_psql('postgres',
 			q{SELECT count(*) FROM pg_catalog.pg_stat_activity
@@ -131,13 +130,7 @@ my $backlog = 1000 + $queued;
 my $script = $primary->basedir . '/load.sql';
 append_to_file($script,
 	"INSERT INTO t SELECT max(id) + 1, 'load' FROM t;\n");
-my ($load_out, $load_err) = ('', '');
-my $load = IPC::Run::start(
-	[
-		'pgbench', '-n', '-h', $primary->host, '-p', $primary->port,
-		'-R', $rate, '-T', 600, '-f', $script, 'postgres'
-	],
-	'>', \$load_out, '2>', \$load_err);
+my $load = StatehubTest::start_load($primary, $rate, $script);
 StatehubTest::set_gucs($primary, nats_url => $nats->url);
 my $left = StatehubTest::wait_until_outbox_below($primary, $backlog - 2000);
 cmp_ok($left, '>', 10_000, "mid-drain: $left events still queued");

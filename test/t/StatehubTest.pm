@@ -157,6 +157,13 @@ transactions of 1000 rows; then sets nats_url to $nats_url and returns
 once the first batches are gone (the middle of the drain).  Returns the
 queued ids (array ref, in id order) and the outbox count it saw then.
 
+=item start_load($node, $rate, @scripts)
+
+Starts pgbench in the background: one client, C<$rate> transactions/s of
+the given script files (C<FILE@WEIGHT> allowed) into database postgres, for
+up to an hour.  Returns the IPC::Run harness; stop it with
+C<< ->signal('INT') >> and C<< ->finish >>, or let it fail with its server.
+
 =item audit_outbox($node, $table)
 
 Test triggers that record in table C<public.audit (id, event_id,
@@ -461,6 +468,18 @@ sub queue_then_start_drain
 	set_gucs($node, nats_url => $nats_url);
 	my $left = wait_until_outbox_below($node, $n);
 	return ($ids, $left);
+}
+
+sub start_load
+{
+	my ($node, $rate, @scripts) = @_;
+	my ($out, $err) = ('', '');
+	return IPC::Run::start(
+		[
+			'pgbench', '-n', '-h', $node->host, '-p', $node->port,
+			'-R', $rate, '-T', 3600, (map { ('-f', $_) } @scripts), 'postgres'
+		],
+		'>', \$out, '2>', \$err);
 }
 
 sub audit_outbox
