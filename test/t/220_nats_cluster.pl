@@ -230,8 +230,7 @@ phase(
 	});
 
 # The load stops; the stream then holds exactly what was committed.
-$load->signal('INT');
-$load->finish;
+StatehubTest::stop_load($load);
 ok(StatehubTest::wait_for_drain($node), 'the outbox drains once the load stops');
 my @all = @{ StatehubTest::audit_ids($node) };
 my $msgs = StatehubTest::stream_holds_exactly($cluster->any_node, $stream,

@@ -161,8 +161,14 @@ queued ids (array ref, in id order) and the outbox count it saw then.
 
 Starts pgbench in the background: one client, C<$rate> transactions/s of
 the given script files (C<FILE@WEIGHT> allowed) into database postgres, for
-up to an hour.  Returns the IPC::Run harness; stop it with
-C<< ->signal('INT') >> and C<< ->finish >>, or let it fail with its server.
+up to an hour.  Returns the IPC::Run harness for stop_load, or let it
+fail with its server.
+
+=item stop_load($harness)
+
+Stops that pgbench with SIGTERM (pgbench ignores SIGINT while it runs
+transactions) and waits for it.  A transaction it was in the middle of
+is rolled back, or committed if its COMMIT had been sent.
 
 =item audit_outbox($node, $table)
 
@@ -480,6 +486,14 @@ sub start_load
 			'-R', $rate, '-T', 3600, (map { ('-f', $_) } @scripts), 'postgres'
 		],
 		'>', \$out, '2>', \$err);
+}
+
+sub stop_load
+{
+	my ($harness) = @_;
+	$harness->signal('TERM');
+	$harness->finish;
+	return;
 }
 
 sub audit_outbox
