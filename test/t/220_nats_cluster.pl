@@ -80,6 +80,7 @@ append_to_file($script_new,
 append_to_file($script_done,
 	"UPDATE t SET status = 'done'\n"
 	  . " WHERE id = (SELECT max(id) FROM t) AND status = 'new';\n");
+my $load_started = time();
 my $load = StatehubTest::start_load($node, $rate, "$script_new\@4",
 	"$script_done\@1");
 ok(wait_for_audit(100), 'the load runs');
@@ -231,14 +232,16 @@ phase(
 
 # The load stops; the stream then holds exactly what was committed.
 StatehubTest::stop_load($load);
+my $load_seconds = time() - $load_started;
 ok(StatehubTest::wait_for_drain($node), 'the outbox drains once the load stops');
 my @all = @{ StatehubTest::audit_ids($node) };
 my $msgs = StatehubTest::stream_holds_exactly($cluster->any_node, $stream,
 	\@all, 'the whole run');
 StatehubTest::stream_order_is($msgs, \@all, 'the whole run');
 is(StatehubTest::dead_letter_count($node), 0, 'the whole run: no dead letters');
-diag("load $rate transactions/s, " . scalar(@all) . " events; $_")
-  foreach @report;
+diag(sprintf('load: %d transactions/s asked, %.0f/s done (%d events in %.0f s)',
+		$rate, @all / $load_seconds, scalar @all, $load_seconds));
+diag($_) foreach @report;
 
 $node->stop;
 $cluster->stop;
