@@ -4,7 +4,8 @@
 # Issue 10, bad input around a cluster's settings:
 #
 #   - A server list with one node that never answers (nothing listens on
-#     its port): the worker connects to the other, events drain; with every
+#     its port), and one with a node that demands TLS the worker is not set
+#     up for: the worker connects to the other, events drain; with every
 #     node down the error is in last_error and the log, naming no password.
 #   - stream_replicas = 3 against a single server: JetStream refuses to
 #     create the stream; the error is in last_error and the log, events
@@ -29,18 +30,28 @@ my $dead_port = PostgreSQL::Test::Cluster::get_free_port();
 (my $live = $nats->url) =~ s{://}{://hub:$password@};
 my $dead = "nats://hub:$password\@127.0.0.1:$dead_port";
 
-# -- one unreachable node in the list -----------------------------------------
+# a node that demands TLS, which the worker is not set up for
+my $tls = StatehubTest::Nats->new('tls',
+	tls => StatehubTest::make_tls_files(PostgreSQL::Test::Utils::tempdir('tls')));
+$tls->start;
+(my $wrong_tls = $tls->url) =~ s{^tls://}{nats://hub:$password\@};
 
-my $node = StatehubTest::new_node('list', nats_url => "$dead,$live");
+# -- an unreachable and a wrong-TLS node in the list --------------------------
+# (set at start, never reloaded: a reload has PostgreSQL itself log the new
+# nats_url, password included)
+
+my $node = StatehubTest::new_node('list', nats_url => "$dead,$wrong_tls,$live");
 StatehubTest::track_table($node);
 StatehubTest::insert_events($node, 20, 1);
 ok(StatehubTest::wait_for_drain($node),
-	'with one node unreachable the worker publishes through the other');
+	'with one node unreachable and one demanding TLS the worker publishes '
+	  . 'through the third');
 my $st = StatehubTest::worker_status($node);
 is($st->{state}, 'connected', 'the status view says connected');
 is($st->{server}, 'nats://hub:***@127.0.0.1:' . $nats->port,
 	'to the live node, password masked');
 
+# no node left that the worker can use
 $nats->stop;
 ok( StatehubTest::wait_for_status($node,
 		q{state = 'backoff' AND last_error LIKE '%could not connect to NATS%'}),
@@ -51,6 +62,7 @@ StatehubTest::insert_events($node, 20, 1);
 $nats->start;
 ok(StatehubTest::wait_for_drain($node), 'once the node is back the events drain');
 is($nats->stream_info('STATEHUB')->{messages}, 40, 'the stream holds all 40');
+$tls->stop;
 unlike(slurp_file($node->logfile), qr/\Q$password\E/,
 	'the server log names no password');
 $node->stop;
