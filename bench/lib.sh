@@ -99,7 +99,7 @@ bench_start()
 	EOT
 	start_free PG_PORT pg_start_cluster "$BENCH_DIR/pg"
 	q "CREATE EXTENSION statehub_events" >/dev/null
-	say "PostgreSQL on 127.0.0.1:$PG_PORT, nats-server on $NATS_URL, files in $BENCH_DIR"
+	say "PostgreSQL on 127.0.0.1:$PG_PORT, nats-server on $NATS_WORKER_URL, files in $BENCH_DIR"
 }
 
 # Run SQL in database postgres; prints the result unaligned, tuples only.
