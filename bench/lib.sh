@@ -21,15 +21,20 @@ PUBLISH_RAW=$REPO_ROOT/test/nats_publish_raw
 BENCH_DIR=
 NATS_PORT=
 NATS_URL=
+NATS_WORKER_URL=
 PG_PORT=
+REPLICAS=1
 
 bench_cleanup()
 {
 	[[ -n $BENCH_DIR ]] || return 0
+	local pidfile
 	pg_stop_cluster "$BENCH_DIR/pg"
-	if [[ -s $BENCH_DIR/nats.pid ]] && pid_runs "$(cat "$BENCH_DIR/nats.pid")" nats-server; then
-		stop_pid "$(cat "$BENCH_DIR/nats.pid")" TERM
-	fi
+	for pidfile in "$BENCH_DIR"/nats.pid "$BENCH_DIR"/nats[123].pid; do
+		if [[ -s $pidfile ]] && pid_runs "$(cat "$pidfile")" nats-server; then
+			stop_pid "$(cat "$pidfile")" TERM
+		fi
+	done
 	if [[ -n ${BENCH_KEEP:-} ]]; then
 		say "kept $BENCH_DIR"
 	else
@@ -37,9 +42,25 @@ bench_cleanup()
 	fi
 }
 
+# Wait (bounded) until JetStream answers on $NATS_URL: a new cluster first
+# elects its meta leader.
+wait_for_jetstream()
+{
+	local i
+	for ((i = 0; i < 300; i++)); do
+		as_runner "$CONSUME" -i "$NATS_URL" BENCH_PROBE >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	die "JetStream did not answer on $NATS_URL within 30 s"
+}
+
 # Start nats-server and PostgreSQL with the extension created in database
 # postgres.  The worker starts disabled (nats_url empty) unless $1 is
-# "enabled".  Extra postgresql.conf lines come on stdin.
+# "enabled".  Extra postgresql.conf lines come on stdin.  With
+# BENCH_CLUSTER=1, NATS is a 3-node JetStream cluster on loopback instead:
+# NATS_WORKER_URL lists all three for the worker, which creates its stream
+# R3; NATS_URL (the test helpers') is node 1; REPLICAS=3 is for the
+# benchmark's own streams.
 bench_start()
 {
 	local worker=${1:-disabled} url='' conf
@@ -53,20 +74,32 @@ bench_start()
 
 	BENCH_DIR=$(mktemp -d "${TMPDIR:-/tmp}/statehub-bench.XXXXXX")
 	trap bench_cleanup EXIT
-	mkdir -p "$BENCH_DIR/pg" "$BENCH_DIR/nats"
+	mkdir -p "$BENCH_DIR/pg" "$BENCH_DIR/nats" "$BENCH_DIR"/nats{1,2,3}/store
 	is_root && chown -R "$(runner_user):" "$BENCH_DIR"
 
-	start_free NATS_PORT nats_start "$BENCH_DIR/nats" "$BENCH_DIR/nats.pid" "$BENCH_DIR/nats.log"
-	NATS_URL=nats://127.0.0.1:$NATS_PORT
+	if [[ ${BENCH_CLUSTER:-0} == 1 ]]; then
+		REPLICAS=3
+		nats_start_cluster "$BENCH_DIR" statehub_bench
+		# the test helpers speak to node 1; the worker gets the whole list
+		NATS_URL=nats://127.0.0.1:$(cat "$BENCH_DIR/nats1.port")
+		NATS_WORKER_URL=$(nats_cluster_url "$BENCH_DIR")
+		conf+=$'\nstatehub_events.stream_replicas = 3'
+		wait_for_jetstream
+	else
+		REPLICAS=1
+		start_free NATS_PORT nats_start "$BENCH_DIR/nats" "$BENCH_DIR/nats.pid" "$BENCH_DIR/nats.log"
+		NATS_URL=nats://127.0.0.1:$NATS_PORT
+		NATS_WORKER_URL=$NATS_URL
+	fi
 
-	[[ $worker == enabled ]] && url=$NATS_URL
+	[[ $worker == enabled ]] && url=$NATS_WORKER_URL
 	pg_init_cluster "$BENCH_DIR/pg" <<-EOT
 		statehub_events.nats_url = '$url'
 		$conf
 	EOT
 	start_free PG_PORT pg_start_cluster "$BENCH_DIR/pg"
 	q "CREATE EXTENSION statehub_events" >/dev/null
-	say "PostgreSQL on 127.0.0.1:$PG_PORT, nats-server on $NATS_URL, files in $BENCH_DIR"
+	say "PostgreSQL on 127.0.0.1:$PG_PORT, nats-server on $NATS_WORKER_URL, files in $BENCH_DIR"
 }
 
 # Run SQL in database postgres; prints the result unaligned, tuples only.

@@ -132,16 +132,18 @@ wait_for_port()
 # (bounded) until it wrote its pid and accepts connections. Returns 2 when the
 # server exited because the port was taken (picked free, bound by another
 # process in between), so the caller can try another port; dies on any other
-# failure, showing the log.
+# failure, showing the log. Arguments after $4 go to nats-server as they are
+# (a cluster node's --name, --cluster_name, --cluster and --routes).
 nats_start()
 {
 	local store=$1 port=$2 pidfile=$3 log=$4 launcher i offset new
+	shift 4
 	rm -f "$pidfile"
 	: >>"$log"
 	offset=$(stat -c %s "$log")
 	is_root && chown "$(runner_user):" "$log"
 	as_runner setsid nats-server -js -a 127.0.0.1 -p "$port" -sd "$store" \
-		-P "$pidfile" -l "$log" </dev/null >/dev/null 2>&1 &
+		-P "$pidfile" -l "$log" "$@" </dev/null >/dev/null 2>&1 &
 	launcher=$!
 	# Ready means this server said so and still runs: a port that accepts
 	# connections alone may be another process's.
@@ -156,6 +158,42 @@ nats_start()
 	done
 	tail -n 20 "$log" >&2
 	die "nats-server did not start on 127.0.0.1:$port within 30 s (log: $log)"
+}
+
+# Start a 3-node nats-server -js cluster on loopback, as nats_start does one
+# server: node N (1..3) has its store in $1/natsN/store (the caller creates
+# it), its log in $1/natsN/nats.log, its pid in $1/natsN.pid and its client
+# port in $1/natsN.port; server names $2_N, cluster name $2, routes between
+# all three on free ports.
+nats_start_cluster()
+{
+	local dir=$1 name=$2 i j port routes
+	local -a route_ports
+	route_ports=("$(free_port)" "$(free_port)" "$(free_port)")
+	for ((i = 1; i <= 3; i++)); do
+		routes=()
+		for ((j = 1; j <= 3; j++)); do
+			((j == i)) || routes+=("nats-route://127.0.0.1:${route_ports[j - 1]}")
+		done
+		start_free port nats_start "$dir/nats$i/store" "$dir/nats$i.pid" \
+			"$dir/nats$i/nats.log" --name "${name}_$i" --cluster_name "$name" \
+			--cluster "nats://127.0.0.1:${route_ports[i - 1]}" \
+			--routes "$(IFS=,; echo "${routes[*]}")"
+		echo "$port" >"$dir/nats$i.port"
+	done
+}
+
+# The client URLs of the cluster nats_start_cluster started in $1.
+nats_cluster_url()
+{
+	local i urls=()
+	for ((i = 1; i <= 3; i++)); do
+		urls+=("nats://127.0.0.1:$(cat "$1/nats$i.port")")
+	done
+	(
+		IFS=,
+		echo "${urls[*]}"
+	)
 }
 
 # Start a server on a free port: run "$2 $3 PORT $4..." (nats_start or

@@ -16,6 +16,7 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "commands/dbcommands.h"
 #include "executor/tuptable.h"
@@ -94,8 +95,13 @@ worker_status(PG_FUNCTION_ARGS)
 		copy.dedup_window_us = statehub_shared->dedup_window_us;
 		SpinLockRelease(&statehub_shared->mutex);
 	}
+	/*
+	 * No worker: on a standby none may run before promotion
+	 * (BgWorkerStart_RecoveryFinished), which the DBA should see as such.
+	 */
 	if (copy.worker_pid == 0)
-		copy.state = STATEHUB_WORKER_NOT_RUNNING;
+		copy.state = RecoveryInProgress() ? STATEHUB_WORKER_STANDBY :
+			STATEHUB_WORKER_NOT_RUNNING;
 
 	show_server = superuser();
 

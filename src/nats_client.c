@@ -1116,7 +1116,11 @@ abandon_pending(void)
 /*
  * js_PublishAsyncComplete for up to timeout_ms, in slices (see the file
  * header).  Returns NATS_OK once nothing is pending, else the last slice's
- * status (NATS_TIMEOUT when time ran out).
+ * status (NATS_TIMEOUT when time ran out), or NATS_CONNECTION_CLOSED as
+ * soon as the connection is closed: js_PublishAsyncComplete does not look
+ * at the connection, and on a closed one (a node stopped while a batch
+ * waited for its acks) would wait out the whole timeout for acks that can
+ * no longer come, instead of letting the worker connect to another node.
  */
 static natsStatus
 wait_for_acks(int timeout_ms)
@@ -1136,6 +1140,8 @@ wait_for_acks(int timeout_ms)
 		pgstat_report_wait_start(PG_WAIT_EXTENSION);
 		s = js_PublishAsyncComplete(js, &po);
 		wait_slice_end();
+		if (s == NATS_TIMEOUT && natsConnection_IsClosed(conn))
+			return NATS_CONNECTION_CLOSED;
 		if (s != NATS_TIMEOUT || left <= WAIT_SLICE_MS)
 			return s;
 	}

@@ -172,6 +172,8 @@ statehub_worker_state_name(StatehubWorkerStateCode state)
 	{
 		case STATEHUB_WORKER_NOT_RUNNING:
 			return "not running";
+		case STATEHUB_WORKER_STANDBY:
+			return "standby";
 		case STATEHUB_WORKER_DISABLED:
 			return "disabled";
 		case STATEHUB_WORKER_CONNECTING:

@@ -29,7 +29,8 @@ typedef enum StatehubWorkerStateCode
 	STATEHUB_WORKER_DISABLED,	/* no nats_url set */
 	STATEHUB_WORKER_CONNECTING,
 	STATEHUB_WORKER_CONNECTED,
-	STATEHUB_WORKER_BACKOFF
+	STATEHUB_WORKER_BACKOFF,
+	STATEHUB_WORKER_STANDBY		/* none runs: the server is in recovery */
 } StatehubWorkerStateCode;
 
 #define STATEHUB_SERVER_LEN 256

@@ -26,6 +26,7 @@
  *	-S SUBJECTS	create the stream (file storage) on these comma-separated
  *				subjects, print its state like -i, and exit
  *	-D SECONDS	with -S: the stream's duplicate window
+ *	-R REPLICAS	with -S: the stream's replicas (a cluster's R3)
  *	-X			delete the stream (as a DBA would with the nats CLI) and exit
  *	-u USER -p PASSWORD		user/password authentication
  *	-k TOKEN	token authentication
@@ -67,6 +68,7 @@ typedef struct Options
 	const char *ca_file;
 	const char *create_subjects;
 	int64_t		dup_window_s;
+	int64_t		replicas;
 	int64_t		count;			/* -1: read what the stream holds now */
 	int64_t		idle_ms;
 	bool		info;
@@ -78,8 +80,8 @@ usage(void)
 {
 	fprintf(stderr,
 			"usage: nats_consume [-n COUNT] [-f SUBJECT] [-t IDLE_MS] [-d DURABLE] [-i]\n"
-			"                    [-S SUBJECTS [-D DUP_SECONDS]] [-u USER -p PASSWORD] [-k TOKEN]\n"
-			"                    [-C CAFILE] [-X] URL STREAM\n");
+			"                    [-S SUBJECTS [-D DUP_SECONDS] [-R REPLICAS]] [-u USER -p PASSWORD]\n"
+			"                    [-k TOKEN] [-C CAFILE] [-X] URL STREAM\n");
 	exit(1);
 }
 
@@ -256,6 +258,8 @@ create_stream(jsCtx *js, const Options *o)
 	cfg.Storage = js_FileStorage;
 	if (o->dup_window_s > 0)
 		cfg.Duplicates = o->dup_window_s * 1000000000LL;
+	if (o->replicas > 0)
+		cfg.Replicas = o->replicas;
 
 	s = js_AddStream(&si, js, &cfg, NULL, &jerr);
 	if (s != NATS_OK)
@@ -374,7 +378,7 @@ main(int argc, char **argv)
 	o.count = -1;
 	o.idle_ms = 10000;
 
-	while ((c = getopt(argc, argv, "n:f:t:d:iS:D:u:p:k:C:X")) != -1)
+	while ((c = getopt(argc, argv, "n:f:t:d:iS:D:R:u:p:k:C:X")) != -1)
 	{
 		switch (c)
 		{
@@ -401,6 +405,9 @@ main(int argc, char **argv)
 				break;
 			case 'D':
 				o.dup_window_s = strtoll(optarg, NULL, 10);
+				break;
+			case 'R':
+				o.replicas = strtoll(optarg, NULL, 10);
 				break;
 			case 'u':
 				o.user = optarg;

@@ -104,7 +104,8 @@ C<shared_preload_libraries = 'statehub_events'>,
 C<statehub_events.database = 'postgres'>, C<statehub_events.nats_url> (opt
 C<nats_url>, default empty), short retry backoffs (100 ms base, 1 s cap) so
 outages heal quickly, and C<restart_after_crash = on>.  C<conf> => "extra
-postgresql.conf lines".  The extension is created in database postgres
+postgresql.conf lines"; C<init> => { options of PostgreSQL::Test::Cluster's
+init, e.g. allows_streaming => 1 }.  The extension is created in database postgres
 unless C<no_extension> => 1.
 
 =item track_table($node)
@@ -156,6 +157,36 @@ transactions of 1000 rows; then sets nats_url to $nats_url and returns
 once the first batches are gone (the middle of the drain).  Returns the
 queued ids (array ref, in id order) and the outbox count it saw then.
 
+=item start_load($node, $rate, @scripts)
+
+Starts pgbench in the background: one client, C<$rate> transactions/s of
+the given script files (C<FILE@WEIGHT> allowed) into database postgres, for
+up to an hour.  Returns the IPC::Run harness for stop_load, or let it
+fail with its server.
+
+=item stop_load($harness)
+
+Stops that pgbench with SIGTERM (pgbench ignores SIGINT while it runs
+transactions) and waits for it.  A transaction it was in the middle of
+is rolled back, or committed if its COMMIT had been sent.
+
+=item audit_outbox($node, $table)
+
+Test triggers that record in table C<public.audit (id, event_id,
+queued_at, gone_at, attempts)> every event the tracked $table (default
+C<t>) queues, with the time (a row trigger on $table that fires after the
+capture triggers, whose names sort first, and reads the outbox row just
+queued: capture fires no trigger on the outbox), and, when the worker
+deletes the event after its ack, the time and its attempts (a trigger on
+the outbox: the worker's deletes fire them).  A committed event keeps its
+row, so the table is "every committed event", also on a standby, where
+it is replicated.
+
+=item audit_ids($node, $where)
+
+The audited event ids (matching the SQL condition $where, if given), in
+id order (array ref).
+
 =item outbox_events($node)
 
 The queued events in drain order: array ref of hashes event_id, subject,
@@ -185,6 +216,55 @@ true/false and on failure shows the last status row.
 
 Generates with openssl a CA and a server certificate for 127.0.0.1 and
 localhost signed by it; returns { ca => FILE, cert => FILE, key => FILE }.
+
+=back
+
+=head2 StatehubTest::NatsCluster
+
+=over
+
+=item StatehubTest::NatsCluster->new($name, size => 3)
+
+A JetStream cluster of StatehubTest::Nats nodes (C<< ->nodes >>), not yet
+started: each its own process, store, client port and route port, its own
+C<server_name> (C<statehub_test_${name}_nN>), one C<cluster.name>, routes
+to the others on loopback.  Every node keeps its ports across restarts.
+Each node is an ordinary StatehubTest::Nats: C<kill9>, C<stop> (SIGTERM),
+C<start>, C<url>, C<running>.
+
+=item $cluster->start / stop
+
+start starts every node and waits until each answers JetStream requests
+(a meta leader was elected); stop sends SIGTERM to the running ones.
+
+=item $cluster->url
+
+Every node's URL, comma-separated (what nats_url takes).
+
+=item $cluster->node_of_url($url) / node_by_server_name($name)
+
+The node a status view's C<server> column names, or the one with this
+C<server_name>.
+
+=item $cluster->try_js_api($subject, \%request, $node)
+
+js_api on $node (default: the first running node) with a 2 s bound;
+undef when no answer came (a cluster electing a leader may not answer).
+
+=item $cluster->stream_info($stream, $node)
+
+The reply of C<$JS.API.STREAM.INFO.$stream>, or undef.
+
+=item $cluster->stream_leader($stream) / wait_for_stream_leader($stream, $not)
+
+The node that leads the stream (its C<cluster.leader>), or undef; the
+second polls (bounded) until there is one (other than node $not).
+
+=item $cluster->wait_for_jetstream / wait_healthy($stream)
+
+Poll (bounded) until every running node answers C<$JS.API.INFO>; and
+until, asked of every running node, the stream has a leader and all its
+other replicas are current and online (a restarted node caught up).
 
 =back
 
@@ -233,7 +313,7 @@ sub new_node
 	-x $consume_bin or BAIL_OUT("$consume_bin is missing: run make first");
 
 	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
+	$node->init(%{ $opts{init} // {} });
 	my $url = $opts{nats_url} // '';
 	$node->append_conf(
 		'postgresql.conf', qq{
@@ -394,6 +474,70 @@ sub queue_then_start_drain
 	set_gucs($node, nats_url => $nats_url);
 	my $left = wait_until_outbox_below($node, $n);
 	return ($ids, $left);
+}
+
+sub start_load
+{
+	my ($node, $rate, @scripts) = @_;
+	my ($out, $err) = ('', '');
+	return IPC::Run::start(
+		[
+			'pgbench', '-n', '-h', $node->host, '-p', $node->port,
+			'-R', $rate, '-T', 3600, (map { ('-f', $_) } @scripts), 'postgres'
+		],
+		'>', \$out, '2>', \$err);
+}
+
+sub stop_load
+{
+	my ($harness) = @_;
+	$harness->signal('TERM');
+	$harness->finish;
+	return;
+}
+
+sub audit_outbox
+{
+	my ($node, $table) = @_;
+	$table //= 't';
+	$node->safe_psql(
+		'postgres', qq{
+CREATE TABLE public.audit (id bigint PRIMARY KEY, event_id uuid NOT NULL,
+                           queued_at timestamptz NOT NULL,
+                           gone_at timestamptz, attempts int);
+CREATE FUNCTION public.audit_queued() RETURNS trigger LANGUAGE plpgsql AS \$\$
+DECLARE
+	last bigint := pg_catalog.currval('statehub_events.outbox_id_seq');
+BEGIN
+	INSERT INTO public.audit (id, event_id, queued_at)
+	SELECT o.id, o.event_id, pg_catalog.clock_timestamp()
+	  FROM statehub_events.outbox o
+	 WHERE o.id OPERATOR(pg_catalog.=) last
+	ON CONFLICT DO NOTHING;
+	RETURN NULL;
+END \$\$;
+CREATE FUNCTION public.audit_gone() RETURNS trigger LANGUAGE plpgsql AS \$\$
+BEGIN
+	UPDATE public.audit
+	   SET gone_at = pg_catalog.clock_timestamp(), attempts = OLD.attempts
+	 WHERE id OPERATOR(pg_catalog.=) OLD.id;
+	RETURN NULL;
+END \$\$;
+CREATE TRIGGER zz_audit_queued AFTER INSERT OR UPDATE ON $table
+	FOR EACH ROW EXECUTE FUNCTION public.audit_queued();
+CREATE TRIGGER audit_gone AFTER DELETE ON statehub_events.outbox
+	FOR EACH ROW EXECUTE FUNCTION public.audit_gone();
+});
+	return;
+}
+
+sub audit_ids
+{
+	my ($node, $where) = @_;
+	$where = defined $where ? "WHERE $where" : '';
+	return [ split /\n/,
+		$node->safe_psql('postgres',
+			"SELECT event_id FROM public.audit $where ORDER BY id") ];
 }
 
 sub outbox_events
@@ -559,6 +703,10 @@ sub url
 
 sub logfile { return "$_[0]->{dir}/nats.log"; }
 
+sub server_name { return "statehub_test_$_[0]->{name}"; }
+
+sub running { return defined $_[0]->{pid}; }
+
 sub client_args
 {
 	my ($self) = @_;
@@ -575,8 +723,15 @@ sub _write_config
 	my ($self) = @_;
 	my $q = sub { my $v = shift; $v =~ s/(["\\])/\\$1/g; return "\"$v\""; };
 	my $conf = "listen: 127.0.0.1:$self->{port}\n"
-	  . "server_name: " . $q->("statehub_test_$self->{name}") . "\n"
+	  . "server_name: " . $q->($self->server_name) . "\n"
 	  . "jetstream {\n  store_dir: " . $q->("$self->{dir}/store") . "\n}\n";
+	if (my $c = $self->{cluster})
+	{
+		$conf .= "cluster {\n  name: " . $q->($c->{name})
+		  . "\n  listen: 127.0.0.1:$self->{route_port}\n  routes: ["
+		  . join(', ', map { $q->("nats-route://127.0.0.1:$_") } @{ $c->{routes} })
+		  . "]\n}\n";
+	}
 	$conf .= "max_payload: $self->{max_payload}\n" if $self->{max_payload};
 	if (defined $self->{user})
 	{
@@ -763,9 +918,9 @@ sub create_stream
 
 sub js_api
 {
-	my ($self, $subject, $request) = @_;
+	my ($self, $subject, $request, $timeout) = @_;
 	my $body = encode_json($request);
-	my $bound = $PostgreSQL::Test::Utils::timeout_default;
+	my $bound = $timeout // $PostgreSQL::Test::Utils::timeout_default;
 	my $reply;
 
 	croak 'js_api speaks plain NATS only'
@@ -859,6 +1014,189 @@ END
 		waitpid($nats->{pid}, 0);
 	}
 	$? = $exit_code;
+}
+
+package StatehubTest::NatsCluster;
+
+use strict;
+use warnings;
+
+use Carp;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep time);
+
+# Three (or $opts{size}) StatehubTest::Nats nodes, one cluster.name, each
+# with its own client and route port, routes to the two others.
+sub new
+{
+	my ($class, $name, %opts) = @_;
+	my $size = $opts{size} // 3;
+	my @route_ports =
+	  map { PostgreSQL::Test::Cluster::get_free_port() } 1 .. $size;
+	my @nodes;
+
+	foreach my $i (0 .. $size - 1)
+	{
+		my $node = StatehubTest::Nats->new("${name}_n" . ($i + 1));
+		$node->{route_port} = $route_ports[$i];
+		$node->{cluster} = {
+			name   => "statehub_test_$name",
+			routes => [ grep { $_ != $route_ports[$i] } @route_ports ]
+		};
+		# the routes name the ports: a restart must keep them
+		$node->{port_given} = 1;
+		push @nodes, $node;
+	}
+	return bless { name => $name, nodes => \@nodes }, $class;
+}
+
+sub nodes { return @{ $_[0]->{nodes} }; }
+
+sub url { return join(',', map { $_->url } $_[0]->nodes); }
+
+# Start every node, then wait until JetStream answers with a meta leader.
+sub start
+{
+	my ($self) = @_;
+	$_->start foreach $self->nodes;
+	$self->wait_for_jetstream;
+	return;
+}
+
+sub stop
+{
+	my ($self) = @_;
+	$_->stop foreach grep { $_->running } $self->nodes;
+	return;
+}
+
+# A running node to ask (the first that is up).
+sub any_node
+{
+	my ($self) = @_;
+	my ($node) = grep { $_->running } $self->nodes;
+	croak "no node of cluster $self->{name} is running" unless $node;
+	return $node;
+}
+
+# The node whose client port is in $url (as the status view's server
+# column shows it), or undef.
+sub node_of_url
+{
+	my ($self, $url) = @_;
+	return undef unless defined $url && $url =~ /:(\d+)\s*$/;
+	my ($node) = grep { $_->{port} == $1 } $self->nodes;
+	return $node;
+}
+
+sub node_by_server_name
+{
+	my ($self, $server_name) = @_;
+	my ($node) = grep { $_->server_name eq ($server_name // '') } $self->nodes;
+	return $node;
+}
+
+# One JetStream API request to a running node (or $node), with a short
+# bound: a cluster in the middle of an election may not answer at all.
+# Returns the decoded reply, or undef when none came.
+sub try_js_api
+{
+	my ($self, $subject, $request, $node) = @_;
+	$node //= $self->any_node;
+	my $reply = eval { $node->js_api($subject, $request // {}, 2) };
+	return $reply;
+}
+
+# Until $check->() is true, bounded; returns whether it became true.
+sub _poll
+{
+	my ($what, $check, $timeout) = @_;
+	my $deadline = time() + ($timeout // $PostgreSQL::Test::Utils::timeout_default);
+	while (time() < $deadline)
+	{
+		return 1 if $check->();
+		usleep(100_000);
+	}
+	diag("$what: not reached in time");
+	return 0;
+}
+
+# Until every running node answers JetStream requests (a meta leader was
+# elected and the node knows it).
+sub wait_for_jetstream
+{
+	my ($self, $timeout) = @_;
+	return _poll("JetStream of cluster $self->{name}", sub { $self->_js_up },
+		$timeout);
+}
+
+sub _js_up
+{
+	my ($self) = @_;
+	foreach my $node (grep { $_->running } $self->nodes)
+	{
+		my $r = $self->try_js_api('$JS.API.INFO', {}, $node);
+		return 0 unless $r && !$r->{error};
+	}
+	return 1;
+}
+
+# $JS.API.STREAM.INFO of $stream, asked of a running node (or $node);
+# undef without an answer.
+sub stream_info
+{
+	my ($self, $stream, $node) = @_;
+	my $r = $self->try_js_api("\$JS.API.STREAM.INFO.$stream", {}, $node);
+	return undef unless $r && !$r->{error};
+	return $r;
+}
+
+# The node that leads $stream now, or undef (no stream, or no leader).
+sub stream_leader
+{
+	my ($self, $stream) = @_;
+	my $info = $self->stream_info($stream) or return undef;
+	return $self->node_by_server_name($info->{cluster}{leader});
+}
+
+# Polls (bounded) until $stream has a leader, other than $not when given.
+sub wait_for_stream_leader
+{
+	my ($self, $stream, $not, $timeout) = @_;
+	my $leader;
+	_poll(
+		"a leader for stream $stream",
+		sub {
+			$leader = $self->stream_leader($stream);
+			return defined $leader && !(defined $not && $leader == $not);
+		},
+		$timeout);
+	return $leader;
+}
+
+# Until $stream has a leader and every replica is current (a restarted
+# node caught up), asked of every running node: the cluster is healthy.
+sub wait_healthy
+{
+	my ($self, $stream, $timeout) = @_;
+	return _poll(
+		"cluster $self->{name} healthy for stream $stream",
+		sub {
+			return 0 unless $self->_js_up;
+			foreach my $node (grep { $_->running } $self->nodes)
+			{
+				my $info = $self->stream_info($stream, $node) or return 0;
+				my $c = $info->{cluster} or return 0;
+				return 0 unless $c->{leader};
+				my @replicas = @{ $c->{replicas} // [] };
+				return 0 unless @replicas == scalar($self->nodes) - 1;
+				return 0 if grep { !$_->{current} || $_->{offline} } @replicas;
+			}
+			return 1;
+		},
+		$timeout);
 }
 
 1;

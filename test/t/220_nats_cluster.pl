@@ -1,0 +1,248 @@
+
+# Copyright: statehub_events contributors
+#
+# Issue 10: a 3-node NATS JetStream cluster with an R3 stream, under a
+# steady load of single-row transactions for the whole test.  The worker
+# has every node in nats_url and stream_replicas = 3, and creates the
+# stream R3.  Three failures, one after another:
+#
+#   1. SIGKILL of the node the worker is connected to; later its restart;
+#   2. SIGKILL of the node that leads the stream; later its restart;
+#   3. a rolling restart: SIGTERM, start, wait healthy, node by node.
+#
+# After each: every event drained so far is in the stream exactly once
+# (by Nats-Msg-Id), the stream's order is the outbox's id order (the load
+# is one session, so that is commit order, and with it each row's order),
+# nothing was dead-lettered, no attempt was burnt, the status view is back
+# to "connected".  At the end, with the load stopped, the stream holds
+# exactly the committed events.
+#
+# What was committed and when each event left the outbox is recorded by
+# test triggers (StatehubTest::audit_outbox), so the longest time an event waited in
+# the outbox during each phase is printed (as a note; timings are not
+# pass/fail here, bench/ measures).
+#
+# The load rate is STATEHUB_CLUSTER_RATE transactions/s (default 200):
+# with three nats-servers, PostgreSQL and other tests sharing 2 cores,
+# 200/s is sustained reliably; 1,000/s (the issue's figure) runs where the
+# machine has the room: STATEHUB_CLUSTER_RATE=1000.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::RealBin;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use StatehubTest;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+my $rate = $ENV{STATEHUB_CLUSTER_RATE} // 200;
+my $stream = 'STATEHUB';
+
+my $cluster = StatehubTest::NatsCluster->new('c');
+$cluster->start;
+
+my $node = StatehubTest::new_node(
+	'cluster',
+	nats_url => $cluster->url,
+	conf     => "statehub_events.stream_replicas = 3\n");
+$node->safe_psql(
+	'postgres', q{
+CREATE TABLE t (id bigint PRIMARY KEY, kind int NOT NULL, status text NOT NULL);
+CREATE SEQUENCE t_ids;
+SELECT statehub_events.track_insert('t', 'org.statehub.test.created',
+                                    ARRAY['id', 'kind']);
+SELECT statehub_events.track_transition('t', 'status', 'done',
+                                        'org.statehub.test.done', NULL,
+                                        ARRAY['id', 'kind']);
+});
+StatehubTest::audit_outbox($node);
+
+ok( StatehubTest::wait_for_status($node,
+		"state = 'connected' AND stream = '$stream'"),
+	'the worker connects to the cluster');
+$node->safe_psql('postgres', q{INSERT INTO t VALUES (nextval('t_ids'), 0, 'new')});
+ok(StatehubTest::wait_for_drain($node), 'a first event drains');
+my $info = $cluster->stream_info($stream);
+is($info->{config}{num_replicas}, 3, 'the worker created the stream R3');
+ok($cluster->wait_healthy($stream), 'all three replicas are current');
+
+# The load: one pgbench client, single-row transactions at $rate/s; one in
+# five marks the newest row done (a second event of that row).
+my $script_new = $node->basedir . '/load_new.sql';
+my $script_done = $node->basedir . '/load_done.sql';
+append_to_file($script_new,
+	"\\set k random(1, 4)\n"
+	  . "INSERT INTO t VALUES (nextval('t_ids'), :k, 'new');\n");
+append_to_file($script_done,
+	"UPDATE t SET status = 'done'\n"
+	  . " WHERE id = (SELECT max(id) FROM t) AND status = 'new';\n");
+my $load_started = time();
+my $load = StatehubTest::start_load($node, $rate, "$script_new\@4",
+	"$script_done\@1");
+ok(wait_for_audit(100), 'the load runs');
+
+# Wait (bounded) until every event queued so far left the outbox.
+sub drain_to_now
+{
+	my ($what) = @_;
+	my $upto = $node->safe_psql('postgres', 'SELECT max(id) FROM audit');
+	my $ok = $node->poll_query_until('postgres',
+		"SELECT NOT EXISTS (SELECT FROM audit WHERE id <= $upto AND gone_at IS NULL)");
+	ok($ok, "$what: every event queued so far was published");
+	return $ok;
+}
+
+sub wait_for_audit
+{
+	my ($n) = @_;
+	return $node->poll_query_until('postgres',
+		"SELECT count(*) >= $n FROM audit");
+}
+
+# Events go on flowing: $n more were queued and all of them published.
+sub flowing
+{
+	my ($what, $n) = @_;
+	my $from = $node->safe_psql('postgres', 'SELECT max(id) FROM audit');
+	$node->poll_query_until('postgres',
+		"SELECT count(*) >= $n FROM audit WHERE id > $from");
+	return drain_to_now($what);
+}
+
+# What the stream holds is what was committed, once each, in id order.
+sub check_stream
+{
+	my ($what, $reader) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+
+	# published before the stream is read, so all must be in it ...
+	my %gone = map { $_ => 1 }
+	  @{ StatehubTest::audit_ids($node, 'gone_at IS NOT NULL') };
+	my $msgs = $reader->consume($stream);
+	# ... and everything in it was committed, by then
+	my %order;
+	my $rows = $node->safe_psql('postgres', 'SELECT event_id, id FROM audit');
+	foreach (split /\n/, $rows)
+	{
+		my ($event_id, $id) = split /\|/;
+		$order{$event_id} = $id;
+	}
+
+	my (%seen, @dups, @unknown);
+	foreach my $m (sort { $a->{seq} <=> $b->{seq} } @$msgs)
+	{
+		my $id = $m->{headers}{'Nats-Msg-Id'} // '(none)';
+		push @dups, $id if $seen{$id}++;
+		push @unknown, $id unless exists $order{$id};
+	}
+	my @missing = grep { !$seen{$_} } sort keys %gone;
+	is(scalar @dups, 0, "$what: no Nats-Msg-Id in the stream twice")
+	  or diag("e.g. @dups[0 .. ($#dups < 4 ? $#dups : 4)]");
+	is(scalar @missing, 0, "$what: every published event is in the stream")
+	  or diag("e.g. @missing[0 .. ($#missing < 4 ? $#missing : 4)]");
+	is(scalar @unknown, 0,
+		"$what: the stream holds only committed events");
+
+	# the stream's order is the outbox's id order
+	my @ids = map { $order{ $_->{headers}{'Nats-Msg-Id'} // '' } // -1 }
+	  sort { $a->{seq} <=> $b->{seq} } @$msgs;
+	my $bad = 0;
+	$bad++ while $bad < $#ids && $ids[$bad] < $ids[ $bad + 1 ];
+	ok($bad >= $#ids, "$what: the stream's order is the outbox's id order")
+	  or diag("out of order at stream position $bad: ids $ids[$bad], $ids[$bad + 1]");
+
+	is($node->safe_psql('postgres',
+			'SELECT count(*) FROM audit WHERE attempts > 0'),
+		'0', "$what: no published event burnt an attempt");
+	is($node->safe_psql('postgres',
+			'SELECT count(*) FROM statehub_events.outbox WHERE attempts > 0'),
+		'0', "$what: no queued event burnt an attempt");
+	is(StatehubTest::dead_letter_count($node), 0,
+		"$what: nothing was dead-lettered");
+	return scalar @$msgs;
+}
+
+# Run one phase: the failure and its recovery in $body; then the checks.
+my @report;
+
+sub phase
+{
+	my ($what, $body) = @_;
+	my $t0 = $node->safe_psql('postgres', 'SELECT clock_timestamp()');
+	$body->();
+	drain_to_now($what);
+	ok(StatehubTest::wait_for_worker_state($node, qr/^connected$/),
+		"$what: the status view is back to connected");
+	my $t1 = $node->safe_psql('postgres', 'SELECT clock_timestamp()');
+	check_stream($what, $cluster->any_node);
+	my ($n, $max) = split /\|/, $node->safe_psql(
+		'postgres', qq{
+SELECT count(*),
+       round(extract(epoch FROM max(gone_at - queued_at)) * 1000)
+  FROM audit WHERE queued_at BETWEEN '$t0' AND '$t1'});
+	push @report, "$what: $n events, longest wait in the outbox $max ms";
+	note($report[-1]);
+	return;
+}
+
+phase(
+	'connected node killed',
+	sub {
+		my $server = StatehubTest::worker_status($node)->{server};
+		my $victim = $cluster->node_of_url($server);
+		ok($victim, "the worker is connected to a node ($server)");
+		$victim->kill9;
+		ok( StatehubTest::wait_for_status($node,
+				"state = 'connected' AND server <> '$server'"),
+			'the worker connects to another node');
+		flowing('connected node down', 100);
+		$victim->start;
+		ok($cluster->wait_healthy($stream), 'the node is back and current');
+	});
+
+phase(
+	'stream leader killed',
+	sub {
+		my $leader = $cluster->wait_for_stream_leader($stream);
+		ok($leader, 'the stream has a leader (' . $leader->server_name . ')');
+		$leader->kill9;
+		my $new = $cluster->wait_for_stream_leader($stream, $leader);
+		ok($new && $new != $leader, 'another node leads the stream');
+		flowing('leader down', 100);
+		$leader->start;
+		ok($cluster->wait_healthy($stream), 'the old leader is back and current');
+	});
+
+phase(
+	'rolling restart',
+	sub {
+		foreach my $n ($cluster->nodes)
+		{
+			$n->stop;
+			$n->start;
+			ok($cluster->wait_healthy($stream),
+				'restarted ' . $n->server_name . ', the cluster is healthy');
+			flowing('restarted ' . $n->server_name, 50);
+		}
+	});
+
+# The load stops; the stream then holds exactly what was committed.
+StatehubTest::stop_load($load);
+my $load_seconds = time() - $load_started;
+ok(StatehubTest::wait_for_drain($node), 'the outbox drains once the load stops');
+my @all = @{ StatehubTest::audit_ids($node) };
+my $msgs = StatehubTest::stream_holds_exactly($cluster->any_node, $stream,
+	\@all, 'the whole run');
+StatehubTest::stream_order_is($msgs, \@all, 'the whole run');
+is(StatehubTest::dead_letter_count($node), 0, 'the whole run: no dead letters');
+diag(sprintf('load: %d transactions/s asked, %.0f/s done (%d events in %.0f s)',
+		$rate, @all / $load_seconds, scalar @all, $load_seconds));
+diag($_) foreach @report;
+
+$node->stop;
+$cluster->stop;
+done_testing();
