@@ -21,6 +21,7 @@ OBJS = \
 	src/worker.o \
 	src/pipeline.o \
 	src/cursor.o \
+	src/backfill.o \
 	src/nats_client.o \
 	src/counters.o \
 	src/drop_guard.o

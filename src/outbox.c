@@ -47,8 +47,12 @@ enum
 	OUTBOX_ATTEMPTS,
 	OUTBOX_NEXT_ATTEMPT_AT,
 	OUTBOX_LAST_ERROR,
+	OUTBOX_BACKFILL,			/* 1.2 */
 	OUTBOX_NATTS
 };
+
+/* Columns of an outbox not yet updated to 1.2 (no backfill column). */
+#define OUTBOX_NATTS_1_1 OUTBOX_BACKFILL
 
 static const struct
 {
@@ -64,6 +68,7 @@ static const struct
 	{"attempts", INT4OID},
 	{"next_attempt_at", TIMESTAMPTZOID},
 	{"last_error", TEXTOID},
+	{"backfill", BOOLOID},
 };
 
 static Oid	outbox_relid = InvalidOid;
@@ -72,6 +77,7 @@ static bool callback_registered = false;
 
 /* The outbox whose layout was checked; forgotten on an invalidation. */
 static Oid	checked_relid = InvalidOid;
+static int	checked_natts = 0;
 
 static void
 outbox_relcache_callback(Datum arg, Oid relid)
@@ -97,15 +103,21 @@ outbox_layout_error(const char *detail)
 					 "statehub_events")));
 }
 
-static void
+/*
+ * Check the outbox's columns and return how many it has: OUTBOX_NATTS, or
+ * OUTBOX_NATTS_1_1 while the binaries are 1.2 and ALTER EXTENSION ...
+ * UPDATE has not run yet (capture goes on; only a backfill needs the
+ * column).
+ */
+static int
 check_outbox_layout(Relation rel)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	int			i;
 
-	if (desc->natts != OUTBOX_NATTS)
+	if (desc->natts != OUTBOX_NATTS && desc->natts != OUTBOX_NATTS_1_1)
 		outbox_layout_error("The number of columns differs.");
-	for (i = 0; i < OUTBOX_NATTS; i++)
+	for (i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
@@ -114,6 +126,7 @@ check_outbox_layout(Relation rel)
 			att->atttypid != outbox_columns[i].type)
 			outbox_layout_error("A column was dropped, renamed, retyped or moved.");
 	}
+	return desc->natts;
 }
 
 /* Find the outbox and its sequence, once per backend and invalidation. */
@@ -177,8 +190,8 @@ insert_row(Relation rel, Datum *values, bool *nulls)
 	ExecOpenIndices(rri, false);
 	slot = ExecInitExtraTupleSlot(estate, RelationGetDescr(rel), &TTSOpsVirtual);
 	ExecClearTuple(slot);
-	memcpy(slot->tts_values, values, sizeof(Datum) * OUTBOX_NATTS);
-	memcpy(slot->tts_isnull, nulls, sizeof(bool) * OUTBOX_NATTS);
+	memcpy(slot->tts_values, values, sizeof(Datum) * checked_natts);
+	memcpy(slot->tts_isnull, nulls, sizeof(bool) * checked_natts);
 	ExecStoreVirtualTuple(slot);
 
 	ExecSimpleRelationInsert(rri, estate, slot);
@@ -191,11 +204,12 @@ insert_row(Relation rel, Datum *values, bool *nulls)
 /*
  * Append one event to the outbox in the current transaction (and current
  * subtransaction: a rolled-back savepoint takes the event with it).
+ * backfill marks an event of statehub_events.backfill() (backfill.c).
  */
 void
 statehub_outbox_append(const unsigned char *event_id, const char *subject,
 					   const char *payload, int payload_len,
-					   TimestampTz occurred_at)
+					   TimestampTz occurred_at, bool backfill)
 {
 	Oid			relid;
 	Oid			seqid;
@@ -214,9 +228,15 @@ statehub_outbox_append(const unsigned char *event_id, const char *subject,
 	rel = table_open(relid, RowExclusiveLock);
 	if (checked_relid != relid)
 	{
-		check_outbox_layout(rel);
+		checked_natts = check_outbox_layout(rel);
 		checked_relid = relid;
 	}
+	if (backfill && checked_natts < OUTBOX_NATTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s.outbox\" has no column \"backfill\"",
+						STATEHUB_SCHEMA),
+				 errhint("Run ALTER EXTENSION statehub_events UPDATE first.")));
 
 	uuid = palloc(sizeof(pg_uuid_t));
 	memcpy(uuid->data, event_id, UUID_LEN);
@@ -236,6 +256,7 @@ statehub_outbox_append(const unsigned char *event_id, const char *subject,
 	values[OUTBOX_ATTEMPTS] = Int32GetDatum(0);
 	values[OUTBOX_NEXT_ATTEMPT_AT] = (Datum) 0;
 	values[OUTBOX_LAST_ERROR] = (Datum) 0;
+	values[OUTBOX_BACKFILL] = BoolGetDatum(backfill);
 	memset(nulls, false, sizeof(nulls));
 	nulls[OUTBOX_NEXT_ATTEMPT_AT] = true;
 	nulls[OUTBOX_LAST_ERROR] = true;
