@@ -168,6 +168,7 @@ backfill(PG_FUNCTION_ARGS)
 	Portal		portal;
 	MemoryContext rowcxt;
 	MemoryContext old;
+	StatehubOutboxWriter *outbox;
 	BackfillContext ctx;
 	ErrorContextCallback errcb;
 	int64		queued = 0;
@@ -229,6 +230,7 @@ backfill(PG_FUNCTION_ARGS)
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 	portal = SPI_cursor_open(NULL, plan, &to, NULL, false);
+	outbox = statehub_outbox_open();
 
 	for (;;)
 	{
@@ -263,8 +265,8 @@ backfill(PG_FUNCTION_ARGS)
 			initStringInfo(&buf);
 			(void) statehub_capture_envelope(&buf, trigger, rel, &tuple, NULL,
 											 id, now);
-			statehub_outbox_append(id, event_type, buf.data, buf.len, now,
-								   true);
+			statehub_outbox_write(outbox, id, event_type, buf.data, buf.len,
+								  now, true);
 			MemoryContextSwitchTo(old);
 			MemoryContextReset(rowcxt);
 			queued++;
@@ -272,6 +274,7 @@ backfill(PG_FUNCTION_ARGS)
 		SPI_freetuptable(SPI_tuptable);
 		CHECK_FOR_INTERRUPTS();
 	}
+	statehub_outbox_close(outbox);
 	SPI_cursor_close(portal);
 	error_context_stack = errcb.previous;
 

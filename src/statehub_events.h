@@ -75,6 +75,16 @@ extern void statehub_outbox_append(const unsigned char *event_id,
 								   const char *payload, int payload_len,
 								   TimestampTz occurred_at, bool backfill);
 
+/* outbox.c: the same for many events, the outbox kept open in between */
+typedef struct StatehubOutboxWriter StatehubOutboxWriter;
+extern StatehubOutboxWriter *statehub_outbox_open(void);
+extern void statehub_outbox_write(StatehubOutboxWriter *w,
+								  const unsigned char *event_id,
+								  const char *subject,
+								  const char *payload, int payload_len,
+								  TimestampTz occurred_at, bool backfill);
+extern void statehub_outbox_close(StatehubOutboxWriter *w);
+
 /* capture.c: arm the commit-time wake-up of the worker */
 extern void statehub_capture_arm_wakeup(void);
 extern void statehub_capture_init(void);
