@@ -612,37 +612,9 @@ execute_ddl(const char *sql)
 }
 
 /*
- * The operation ("insert", "update" or "delete") of the mapping of (table,
- * event type) in force, or NULL when there is none.
- */
-static char *
-mapping_in_force(Relation rel, const char *event_type, char **tgname)
-{
-	Oid			argtypes[2] = {OIDOID, TEXTOID};
-	Datum		args[2];
-
-	args[0] = ObjectIdGetDatum(RelationGetRelid(rel));
-	args[1] = CStringGetTextDatum(event_type);
-
-	execute_as_owner("SELECT m.operation, m.trigger_name"
-					 "  FROM statehub_events.mapping m"
-					 "  JOIN pg_catalog.pg_trigger t"
-					 "    ON t.tgrelid OPERATOR(pg_catalog.=) m.table_name::pg_catalog.oid"
-					 "   AND t.tgname OPERATOR(pg_catalog.=) m.trigger_name"
-					 " WHERE m.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1"
-					 "   AND m.event_type OPERATOR(pg_catalog.=) $2",
-					 2, argtypes, args, NULL);
-	if (SPI_processed == 0)
-		return NULL;
-	if (tgname != NULL)
-		*tgname = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-}
-
-/*
- * The mapping in force of (table, event type), for backfill() (backfill.c):
- * false when there is none.  The caller is connected to SPI; the strings
- * live in its SPI context.
+ * The mapping in force of (table, event type), false when there is none;
+ * for the track_* functions and backfill() (backfill.c).  The caller is
+ * connected to SPI; the strings live in its SPI context.
  */
 bool
 statehub_mapping_lookup(Relation rel, const char *event_type,
@@ -672,6 +644,22 @@ statehub_mapping_lookup(Relation rel, const char *event_type,
 	mapping->to_value = SPI_getvalue(tup, desc, 3);
 	mapping->condition = SPI_getvalue(tup, desc, 4);
 	return true;
+}
+
+/*
+ * The operation ("insert", "update" or "delete") of the mapping of (table,
+ * event type) in force, or NULL when there is none.
+ */
+static char *
+mapping_in_force(Relation rel, const char *event_type, char **tgname)
+{
+	StatehubMapping mapping;
+
+	if (!statehub_mapping_lookup(rel, event_type, &mapping))
+		return NULL;
+	if (tgname != NULL)
+		*tgname = mapping.trigger_name;
+	return mapping.operation;
 }
 
 /*
