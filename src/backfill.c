@@ -30,11 +30,13 @@
  * as the backfill's snapshot saw it.  Live events of a row keep their
  * commit order (the backfill does not touch them); a live change that the
  * snapshot does not see may reach the stream before or after that row's
- * backfill event (docs/operations.md says what consumers make of it).
+ * backfill event (docs/nats-event-subjects.md says what consumers make of
+ * it; docs/operations.md how to split a large backfill).
  *
- * Memory: the cursor fetches BACKFILL_FETCH rows at a time, and each row's
- * envelope is built in a context reset for the next row, so a backfill of
- * millions of rows uses the memory of one batch.
+ * Memory and speed: the cursor fetches BACKFILL_FETCH rows at a time, and
+ * each row's envelope is built in a context reset for the next row, so a
+ * backfill of millions of rows uses the memory of one batch; one outbox
+ * writer (outbox.c) serves all the rows.
  *
  *-------------------------------------------------------------------------
  */
