@@ -64,6 +64,12 @@ PG_FUNCTION_INFO_V1(backfill);
 /* Rows fetched from the cursor at a time. */
 #define BACKFILL_FETCH 1000
 
+/*
+ * More events than this in one transaction hold live events back for
+ * seconds once it commits (they drain after it): advise splitting.
+ */
+#define BACKFILL_ADVISE_SPLIT 100000
+
 typedef struct BackfillContext
 {
 	const char *event_type;
@@ -286,5 +292,11 @@ backfill(PG_FUNCTION_ARGS)
 
 	if (queued > 0)
 		statehub_capture_arm_wakeup();
+	if (queued > BACKFILL_ADVISE_SPLIT)
+		ereport(NOTICE,
+				(errmsg("backfill queued %lld events of \"%s\" in one transaction",
+						(long long) queued, event_type),
+				 errdetail("Events committed after it are delivered after all of them."),
+				 errhint("Split large backfills by key range with condition, each range in its own transaction; see docs/operations.md.")));
 	PG_RETURN_INT64(queued);
 }
