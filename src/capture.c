@@ -324,7 +324,8 @@ static void
 queue_event(const unsigned char *id, const char *event_type, StringInfo buf,
 			TimestampTz occurred_at)
 {
-	statehub_outbox_append(id, event_type, buf->data, buf->len, occurred_at);
+	statehub_outbox_append(id, event_type, buf->data, buf->len, occurred_at,
+						   false);
 	statehub_capture_arm_wakeup();
 }
 
@@ -387,6 +388,47 @@ row_moved(TriggerData *trigdata)
 }
 
 /*
+ * Build the envelope the capture trigger queues for tuple (a row of rel,
+ * in rel's row type), with "previous" from previous when it is given and
+ * the trigger tracks a column.  Returns the event type.  Shared by the
+ * trigger and by backfill() (backfill.c), so a backfilled event carries
+ * exactly the attributes a live one would.
+ */
+const char *
+statehub_capture_envelope(StringInfo buf, Trigger *trigger, Relation rel,
+						  HeapTuple tuple, HeapTuple previous,
+						  const unsigned char *id, TimestampTz now)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	CaptureEntry *entry = get_entry(trigger, rel);
+
+	statehub_envelope_begin(buf, id, entry->event_type, now);
+	append_columns(buf, entry->columns, entry->ncolumns, tuple, desc);
+
+	if (previous != NULL && entry->tracked != NULL)
+	{
+		/* "previous": {"<tracked column>": <its old value>} */
+		if (entry->ncolumns > 0)
+			appendBinaryStringInfo(buf, ", ", 2);
+		appendStringInfoString(buf, "\"previous\": ");
+		append_columns(buf, entry->tracked, 1, previous, desc);
+		appendStringInfoChar(buf, '}');
+	}
+	appendStringInfoChar(buf, '}');
+	statehub_envelope_end(buf);
+	return entry->event_type;
+}
+
+/* The column a transition trigger tracks, or InvalidAttrNumber. */
+AttrNumber
+statehub_capture_tracked_column(Trigger *trigger, Relation rel)
+{
+	CaptureEntry *entry = get_entry(trigger, rel);
+
+	return entry->tracked != NULL ? entry->tracked->attnum : InvalidAttrNumber;
+}
+
+/*
  * The capture trigger.  It must be AFTER ... FOR EACH ROW: before the row
  * is final there is nothing to announce, and only a row trigger sees rows.
  */
@@ -394,11 +436,9 @@ Datum
 capture(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-	Trigger    *trigger;
-	Relation	rel;
-	TupleDesc	desc;
-	CaptureEntry *entry;
+	const char *event_type;
 	HeapTuple	tuple;
+	HeapTuple	previous;
 	StringInfoData buf;
 	unsigned char id[STATEHUB_UUID_LEN];
 	TimestampTz now;
@@ -416,37 +456,26 @@ capture(PG_FUNCTION_ARGS)
 	if (!statehub_capture || row_moved(trigdata))
 		return PointerGetDatum(NULL);
 
-	trigger = trigdata->tg_trigger;
-	rel = trigdata->tg_relation;
-	desc = RelationGetDescr(rel);
-	entry = get_entry(trigger, rel);
-
 	/* attributes come from the row as it is now (OLD for a delete) */
 	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+	{
 		tuple = trigdata->tg_newtuple;
+		previous = trigdata->tg_trigtuple;
+	}
 	else
+	{
 		tuple = trigdata->tg_trigtuple;
+		previous = NULL;
+	}
 
 	now = GetCurrentTimestamp();
 	statehub_new_event_id(id);
 
 	initStringInfo(&buf);
-	statehub_envelope_begin(&buf, id, entry->event_type, now);
-	append_columns(&buf, entry->columns, entry->ncolumns, tuple, desc);
-
-	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) && entry->tracked != NULL)
-	{
-		/* "previous": {"<tracked column>": <its old value>} */
-		if (entry->ncolumns > 0)
-			appendBinaryStringInfo(&buf, ", ", 2);
-		appendStringInfoString(&buf, "\"previous\": ");
-		append_columns(&buf, entry->tracked, 1, trigdata->tg_trigtuple, desc);
-		appendStringInfoChar(&buf, '}');
-	}
-	appendStringInfoChar(&buf, '}');
-	statehub_envelope_end(&buf);
-
-	queue_event(id, entry->event_type, &buf, now);
+	event_type = statehub_capture_envelope(&buf, trigdata->tg_trigger,
+										   trigdata->tg_relation, tuple,
+										   previous, id, now);
+	queue_event(id, event_type, &buf, now);
 
 	return PointerGetDatum(NULL);
 }
