@@ -170,6 +170,71 @@ SELECT statehub_events.retry_dead_letters();
 SELECT subject, backfill FROM statehub_events.outbox;
 SELECT clear_events();
 
+-- found by a hostile review (issue 11):
+-- a column named "new" is not the row
+CREATE TABLE bf_new (id integer PRIMARY KEY, new text, kind text);
+INSERT INTO bf_new VALUES (1, 'hello', 'x'), (2, repeat('A', 300), 'x');
+SELECT statehub_events.track_insert('bf_new', 'org.statehub.bf.newcol', '{id,kind}');
+SELECT statehub_events.backfill('bf_new', 'org.statehub.bf.newcol');
+SELECT payload::json -> 'attributes' AS attributes FROM statehub_events.outbox ORDER BY id;
+SELECT clear_events();
+-- a transition's value is the one declared, whatever the caller's DateStyle
+CREATE TABLE bf_due (id integer PRIMARY KEY, due date);
+INSERT INTO bf_due VALUES (1, '2026-01-02'), (2, '2026-02-01');
+SET DateStyle = 'ISO, MDY';
+SELECT statehub_events.track_transition('bf_due', 'due', '01/02/2026', 'org.statehub.bf.due');
+SET DateStyle = 'ISO, DMY';
+SELECT statehub_events.backfill('bf_due', 'org.statehub.bf.due');
+RESET DateStyle;
+SELECT payload::json -> 'attributes' ->> 'id' AS id FROM statehub_events.outbox;
+SELECT clear_events();
+-- an insert condition follows renames as its trigger does
+CREATE TABLE bf_rn (id integer PRIMARY KEY, name text, kind text);
+INSERT INTO bf_rn VALUES (1, 'service', 'lib'), (2, 'lib', 'service');
+SELECT statehub_events.track_insert('bf_rn', 'org.statehub.bf.rn', '{id,kind}',
+                                    $$NEW.kind = 'service'$$);
+ALTER TABLE bf_rn RENAME COLUMN kind TO kind_tmp;
+ALTER TABLE bf_rn RENAME COLUMN name TO kind;
+ALTER TABLE bf_rn RENAME COLUMN kind_tmp TO name;
+SELECT statehub_events.backfill('bf_rn', 'org.statehub.bf.rn');
+SELECT payload::json -> 'attributes' AS attributes FROM statehub_events.outbox;
+SELECT clear_events();
+-- a declared condition calling another role's function is not run with the
+-- caller's rights
+CREATE ROLE bf_other;
+CREATE FUNCTION bf_spy(t text) RETURNS boolean LANGUAGE sql AS 'SELECT true';
+ALTER FUNCTION bf_spy(text) OWNER TO bf_other;
+CREATE TABLE bf_spied (id integer PRIMARY KEY, kind text);
+INSERT INTO bf_spied VALUES (1, 'x');
+SELECT statehub_events.track_insert('bf_spied', 'org.statehub.bf.spied', '{id}',
+                                    'public.bf_spy(NEW.kind)');
+SELECT statehub_events.backfill('bf_spied', 'org.statehub.bf.spied');
+-- a domain CHECK that changes a setting leaves nothing behind in the session
+CREATE FUNCTION bf_sneaky(v text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'bf_nowhere, pg_catalog', false);
+    PERFORM pg_catalog.set_config('application_name', 'bf_sneaky', false);
+    RETURN true;
+END $$;
+CREATE DOMAIN bf_dstat AS text CHECK (bf_sneaky(VALUE));
+CREATE TABLE bf_dom (id integer PRIMARY KEY, status bf_dstat);
+-- (a plain INSERT runs it as the writer: that changes this session, as it would)
+INSERT INTO bf_dom VALUES (1, 'completed');
+RESET search_path;
+SET application_name = 'bf_test';
+SELECT statehub_events.track_transition('bf_dom', 'status', 'completed', 'org.statehub.bf.dom');
+SELECT pg_catalog.current_setting('search_path') AS search_path,
+       pg_catalog.current_setting('application_name') AS application_name;
+SELECT statehub_events.backfill('bf_dom', 'org.statehub.bf.dom');
+SELECT pg_catalog.current_setting('search_path') AS search_path,
+       pg_catalog.current_setting('application_name') AS application_name;
+RESET application_name;
+SELECT clear_events();
+DROP TABLE bf_new, bf_due, bf_rn, bf_spied, bf_dom;
+DROP DOMAIN bf_dstat;
+DROP FUNCTION bf_sneaky(text), bf_spy(text);
+DROP ROLE bf_other;
+
 DROP TABLE bf_repos, bf_parted, bf_row4;
 DROP FUNCTION bf_attributes(text, boolean), public.bf_even(integer);
 DROP ROLE bf_app;

@@ -15,14 +15,18 @@
  * cursor (so the caller's SELECT right, column rights and row security
  * apply, and nothing runs with raised rights), whose WHERE clause is
  *
- *   - for a transition, the tracked column equal to to_value, with the
- *     type's own equality operator, as the capture trigger's WHEN clause;
- *   - for an insert mapping with a condition, that condition;
- *   - and the caller's condition, when given;
+ *   - for a transition, the tracked column equal to the constant the
+ *     capture trigger's WHEN clause compares it with, with the type's own
+ *     equality operator: the value as converted when the event was
+ *     declared, not its text converted again under the caller's settings;
+ *   - for an insert mapping with a condition, the trigger's WHEN clause as
+ *     PostgreSQL writes it out now (it follows column renames), refused if
+ *     it calls a function of neither the caller nor a superuser (it runs
+ *     with the caller's rights);
+ *   - and the caller's condition, when given (checked as the declaration
+ *     checks conditions);
  *
- * both conditions being single expressions over NEW (checked as the
- * declaration checks them), and search_path pinned to pg_catalog by the
- * function's SET clause while they are parsed and run.
+ * with search_path pinned to pg_catalog by the function's SET clause.
  *
  * Locks and order: a plain snapshot read.  The table is locked as SELECT
  * locks it (AccessShareLock) and no row is locked, so no writer waits for a
@@ -45,6 +49,11 @@
 #include "access/htup_details.h"
 #include "access/relation.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_proc.h"
+#include "nodes/nodeFuncs.h"
+#include "rewrite/prs2lock.h"
+#include "utils/acl.h"
+#include "utils/syscache.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -52,6 +61,7 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/regproc.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
@@ -61,8 +71,11 @@
 
 PG_FUNCTION_INFO_V1(backfill);
 
-/* Rows fetched from the cursor at a time. */
-#define BACKFILL_FETCH 1000
+/*
+ * Rows fetched from the cursor at a time: its memory is this many whole
+ * rows (wide rows of hundreds of kB each included), so it stays small.
+ */
+#define BACKFILL_FETCH 64
 
 /*
  * More events than this in one transaction hold live events back for
@@ -107,49 +120,169 @@ find_trigger(Relation rel, const char *tgname)
 	return NULL;				/* keep compiler quiet */
 }
 
+/* The expression below any relabeling or domain coercion. */
+static Node *
+strip_coercions(Node *node)
+{
+	for (;;)
+	{
+		if (node != NULL && IsA(node, RelabelType))
+			node = (Node *) ((RelabelType *) node)->arg;
+		else if (node != NULL && IsA(node, CoerceToDomain))
+			node = (Node *) ((CoerceToDomain *) node)->arg;
+		else
+			return node;
+	}
+}
+
+/*
+ * The constant the transition trigger's WHEN clause compares NEW's column
+ * attnum with ("NEW.col = 'to_value'::type AND ..."), as the trigger
+ * stores it: converted once, when the event was declared.  Converting the
+ * mapping's to_value text again would depend on the caller's DateStyle,
+ * TimeZone and the enum's labels now, and would run the type's code.
+ */
+static Const *
+transition_constant(Node *node, AttrNumber attnum)
+{
+	ListCell   *lc;
+
+	if (node == NULL)
+		return NULL;
+	if (IsA(node, List) ||
+		(IsA(node, BoolExpr) && ((BoolExpr *) node)->boolop == AND_EXPR))
+	{
+		List	   *args = IsA(node, List) ? (List *) node : ((BoolExpr *) node)->args;
+
+		foreach(lc, args)
+		{
+			Const	   *c = transition_constant(lfirst(lc), attnum);
+
+			if (c != NULL)
+				return c;
+		}
+		return NULL;
+	}
+	if (IsA(node, OpExpr) && list_length(((OpExpr *) node)->args) == 2)
+	{
+		Node	   *left = strip_coercions(linitial(((OpExpr *) node)->args));
+		Node	   *right = strip_coercions(lsecond(((OpExpr *) node)->args));
+
+		if (IsA(left, Var) && ((Var *) left)->varno == PRS2_NEW_VARNO &&
+			((Var *) left)->varattno == attnum && IsA(right, Const) &&
+			!((Const *) right)->constisnull)
+			return (Const *) right;
+	}
+	return NULL;
+}
+
+/* check_functions_in_node callback: a function the caller should not run. */
+static bool
+untrusted_function(Oid funcid, void *context)
+{
+	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(funcid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		return true;
+	owner = ((Form_pg_proc) GETSTRUCT(tup))->proowner;
+	ReleaseSysCache(tup);
+	if (owner == GetUserId() || superuser_arg(owner))
+		return false;
+	*(Oid *) context = funcid;
+	return true;
+}
+
+/*
+ * The insert trigger's WHEN clause as SQL over the alias "new": deparsed
+ * from the trigger, so it names the columns as they are called now (the
+ * trigger follows renames) and its constants are exactly the trigger's,
+ * written out and read back under the same settings.  The mapping's
+ * condition text is what was declared, and may name other columns by now.
+ * Its functions run with the caller's rights, so a declaration written by
+ * another role (a delegated DBA's function in it) is refused unless every
+ * function it calls belongs to the caller or a superuser.
+ */
+static char *
+insert_condition(Trigger *trigger)
+{
+	Node	   *qual = stringToNode(trigger->tgqual);
+	Oid			funcid = InvalidOid;
+	char	   *def;
+	char	   *start;
+	char	   *end;
+	char	   *p;
+
+	if (check_functions_in_node(qual, untrusted_function, &funcid))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("the declared condition calls function %s, which belongs to neither you nor a superuser",
+						OidIsValid(funcid) ? format_procedure(funcid) : "(unknown)"),
+				 errdetail("backfill() evaluates the declaration's condition with your rights."),
+				 errhint("Run backfill() as the function's owner, or declare the event again without that function.")));
+
+	def = TextDatumGetCString(DirectFunctionCall1(pg_get_triggerdef,
+												  ObjectIdGetDatum(trigger->tgoid)));
+	start = strstr(def, " FOR EACH ROW WHEN (");
+	end = NULL;
+	for (p = def; (p = strstr(p, ") EXECUTE FUNCTION ")) != NULL; p++)
+		end = p;
+	if (start == NULL || end == NULL || end < start)
+		elog(ERROR, "could not read the WHEN clause of trigger \"%s\"",
+			 trigger->tgname);
+	start += strlen(" FOR EACH ROW WHEN (");
+	return pnstrdup(start, end - start);
+}
+
 /*
  * The SELECT that reads the rows to announce: the whole row of each, as
  * one composite value of the table's row type (so columns have the
  * relation's attribute numbers, dropped ones included, as in a trigger's
- * tuple).  A partitioned table is read with its partitions (their capture
- * triggers are clones of its trigger), any other without inheritance
- * children (a trigger does not fire for them).  *nargs is 1 with a
- * transition's to_value as $1, else 0.
+ * tuple).  ROW(new.*) names the relation even when a column is called
+ * "new" (a bare new would be that column).  A partitioned table is read
+ * with its partitions (their capture triggers are clones of its trigger),
+ * any other without inheritance children (a trigger does not fire for
+ * them).  *nargs is 1 with a transition's constant as $1, else 0.
  */
 static char *
 backfill_query(Relation rel, Trigger *trigger, StatehubMapping *mapping,
 			   const char *condition, Datum *to, Oid *totype, int *nargs)
 {
 	StringInfoData sql;
+	char	   *qualified = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+													   RelationGetRelationName(rel));
 
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT new FROM %s%s AS new WHERE true",
+	appendStringInfo(&sql, "SELECT ROW(new.*)::%s FROM %s%s AS new WHERE true",
+					 qualified,
 					 rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE ? "" : "ONLY ",
-					 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-												RelationGetRelationName(rel)));
+					 qualified);
 	*nargs = 0;
 	if (strcmp(mapping->operation, "update") == 0)
 	{
 		AttrNumber	attnum = statehub_capture_tracked_column(trigger, rel);
 		Form_pg_attribute att;
-		char	   *opr;
+		Const	   *c = NULL;
 
-		if (attnum == InvalidAttrNumber || mapping->to_value == NULL)
-			elog(ERROR, "capture trigger \"%s\" of table \"%s\" tracks no column",
+		if (attnum != InvalidAttrNumber && trigger->tgqual != NULL)
+			c = transition_constant(stringToNode(trigger->tgqual), attnum);
+		if (c == NULL)
+			elog(ERROR, "capture trigger \"%s\" of table \"%s\" compares no column with a value",
 				 trigger->tgname, RelationGetRelationName(rel));
 		att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
-		opr = statehub_transition_filter(rel, attnum, mapping->to_value, to);
+		*to = c->constvalue;
 		*totype = att->atttypid;
 		*nargs = 1;
 		appendStringInfo(&sql, " AND new.%s %s $1",
-						 quote_identifier(NameStr(att->attname)), opr);
+						 quote_identifier(NameStr(att->attname)),
+						 statehub_transition_filter(rel, attnum));
 	}
 	/*
 	 * Two parentheses: a checked condition is one expression inside one
 	 * pair, but may open with ")" ('a) OR (b'); inside two it stays whole.
 	 */
-	else if (mapping->condition != NULL)
-		appendStringInfo(&sql, " AND ((\n%s\n))", mapping->condition);
+	else if (trigger->tgqual != NULL)
+		appendStringInfo(&sql, " AND ((\n%s\n))", insert_condition(trigger));
 	if (condition != NULL)
 		appendStringInfo(&sql, " AND ((\n%s\n))", condition);
 	return sql.data;

@@ -296,10 +296,16 @@ pin_search_path(void)
 	return nestlevel;
 }
 
+/*
+ * Undo every setting changed since pin_search_path, not only search_path:
+ * code run inside (a domain's CHECK, an equality function) must not leave
+ * a set_config() behind in the caller's session, as ANALYZE undoes what
+ * index expressions set.
+ */
 static void
 unpin_search_path(int nestlevel)
 {
-	AtEOXact_GUC(true, nestlevel);
+	AtEOXact_GUC(false, nestlevel);
 }
 
 /*
@@ -663,20 +669,16 @@ mapping_in_force(Relation rel, const char *event_type, char **tgname)
 }
 
 /*
- * For backfill(): the to_value of a transition on column attnum converted
- * as the declaration converts it (as the table's owner), and the column
- * type's equality operator as "OPERATOR(schema.=)".
+ * For backfill(): the column type's equality operator, as the transition
+ * trigger's WHEN clause uses it, as "OPERATOR(schema.=)".
  */
 char *
-statehub_transition_filter(Relation rel, AttrNumber attnum,
-						   const char *to_value, Datum *to)
+statehub_transition_filter(Relation rel, AttrNumber attnum)
 {
 	Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
 	Oid			eqfunc;
-	char	   *opr = equality_operator(att, rel, &eqfunc);
 
-	*to = convert_value(att, rel, "to_value", to_value);
-	return opr;
+	return equality_operator(att, rel, &eqfunc);
 }
 
 /*

@@ -112,8 +112,7 @@ extern void statehub_check_declare_rights(Oid relid, bool declaring);
 extern void statehub_check_condition(const char *condition, const char *what);
 extern bool statehub_mapping_lookup(Relation rel, const char *event_type,
 									StatehubMapping *mapping);
-extern char *statehub_transition_filter(Relation rel, AttrNumber attnum,
-										const char *to_value, Datum *to);
+extern char *statehub_transition_filter(Relation rel, AttrNumber attnum);
 
 /* worker.c */
 extern void statehub_register_worker(void);
