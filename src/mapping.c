@@ -308,6 +308,8 @@ unpin_search_path(int nestlevel)
 	AtEOXact_GUC(false, nestlevel);
 }
 
+static char *equality_operator(Form_pg_attribute att, Relation rel, Oid *eqfunc);
+
 /*
  * The column type's own code (its input function with a domain's CHECK
  * constraints, its equality operator) belongs to whoever made the type and
@@ -516,6 +518,35 @@ convert_value(Form_pg_attribute att, Relation rel, const char *argname,
 	owner_section_begin(rel->rd_rel->relowner, &section);
 	result = OidInputFunctionCall(infunc, (char *) value, ioparam,
 								  att->atttypmod);
+	if (att->atttypmod >= 0)
+	{
+		/*
+		 * The trigger compares with the value as written, cast to the type
+		 * without its modifier: one the column's precision rounds (1.55 in
+		 * numeric(5,1), a fraction of a second in timestamp(0)) is never
+		 * equal to what a row can hold.
+		 */
+		Datum		plain = OidInputFunctionCall(infunc, (char *) value, ioparam, -1);
+		Oid			eqfunc;
+		Oid			outfunc;
+		bool		isvarlena;
+
+		(void) equality_operator(att, rel, &eqfunc);
+		if (!DatumGetBool(OidFunctionCall2Coll(eqfunc, att->attcollation,
+											   plain, result)))
+		{
+			getTypeOutputInfo(att->atttypid, &outfunc, &isvarlena);
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s \"%s\" can never be stored in column \"%s\" of table \"%s\"",
+							argname, value, NameStr(att->attname),
+							RelationGetRelationName(rel)),
+					 errdetail("The column's type %s stores it as \"%s\".",
+							   format_type_with_typemod(att->atttypid, att->atttypmod),
+							   OidOutputFunctionCall(outfunc, result)),
+					 errhint("Pass the value as the column stores it.")));
+		}
+	}
 	owner_section_end(&section);
 
 	error_context_stack = errcb.previous;
