@@ -22,3 +22,82 @@ SELECT * FROM show_events();
 SELECT clear_events();
 
 SELECT table_name, event_type FROM statehub_events.mappings WHERE table_name::text LIKE 'part%';
+
+--
+-- row movement (issue 12, item 1): an UPDATE that moves a row to another
+-- partition publishes what it publishes on an unpartitioned table: the
+-- transitions it makes, no insert, no delete
+--
+CREATE TABLE mv_t (id integer, region text, status text, note text, PRIMARY KEY (id, region))
+    PARTITION BY LIST (region);
+CREATE TABLE mv_eu PARTITION OF mv_t FOR VALUES IN ('eu');
+-- the destination's columns in another order (other attribute numbers)
+CREATE TABLE mv_us (note text, status text, region text, id integer, PRIMARY KEY (id, region));
+ALTER TABLE mv_t ATTACH PARTITION mv_us FOR VALUES IN ('us');
+SELECT statehub_events.track_insert('mv_t', 'org.statehub.mv.created', '{id}');
+SELECT statehub_events.track_delete('mv_t', 'org.statehub.mv.deleted', '{id}');
+SELECT statehub_events.track_transition('mv_t', 'status', 'done', 'org.statehub.mv.done',
+                                        attributes => '{id,region}');
+SELECT statehub_events.track_transition('mv_t', 'status', 'done', 'org.statehub.mv.closed',
+                                        from_value => 'open', attributes => '{id}');
+-- the table, each partition, and a partition attached later have the
+-- row-move trigger
+CREATE TABLE mv_ap PARTITION OF mv_t FOR VALUES IN ('ap');
+SELECT tgrelid::regclass, tgname FROM pg_trigger
+ WHERE tgname = 'statehub_events:row moved' ORDER BY 1::text;
+INSERT INTO mv_t VALUES (1, 'eu', 'open', 'a'), (2, 'eu', 'new', 'b'), (3, 'eu', 'open', 'c'),
+                        (4, 'us', 'open', 'd'), (5, 'eu', 'done', 'e'), (6, 'eu', 'open', 'f');
+SELECT clear_events();
+-- one UPDATE, rows moved and not, in row order: 1 makes both transitions,
+-- 2 only the one from any value, 3 stays in place, 5 was done already
+UPDATE mv_t SET region = CASE WHEN id = 3 THEN 'eu' ELSE 'us' END, status = 'done'
+ WHERE id IN (1, 2, 3, 5);
+-- moved without a transition: nothing
+UPDATE mv_t SET region = 'ap' WHERE id = 6;
+-- from the other order of columns back
+UPDATE mv_t SET region = 'eu', status = 'done' WHERE id = 4;
+SELECT * FROM show_events();
+SELECT clear_events();
+SELECT tableoid::regclass, id, status FROM mv_t ORDER BY id;
+-- a BEFORE trigger that makes the transition is published, as for a row
+-- that stays; a BEFORE trigger of the destination's INSERT is part of the
+-- row the UPDATE leaves
+CREATE FUNCTION mv_close() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.note = 'close' THEN
+        NEW.status := 'done';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER mv_close BEFORE UPDATE ON mv_t FOR EACH ROW EXECUTE FUNCTION mv_close();
+UPDATE mv_t SET region = 'eu', note = 'close' WHERE id = 6;
+SELECT * FROM show_events();
+SELECT clear_events();
+-- a rolled back subtransaction publishes nothing, and leaves nothing behind
+INSERT INTO mv_t VALUES (7, 'eu', 'open', 'g'), (8, 'eu', 'open', 'h');
+SELECT clear_events();
+BEGIN;
+SAVEPOINT s;
+UPDATE mv_t SET region = 'us', status = 'done' WHERE id = 7;
+ROLLBACK TO SAVEPOINT s;
+UPDATE mv_t SET region = 'us' WHERE id = 8;
+COMMIT;
+SELECT * FROM show_events();
+-- a real DELETE then INSERT in the same transaction are events, no transition
+DELETE FROM mv_t WHERE id = 8;
+INSERT INTO mv_t VALUES (8, 'eu', 'done', 'h');
+SELECT * FROM show_events();
+SELECT clear_events();
+-- with capture off, a moved row publishes nothing
+SET statehub_events.capture = off;
+UPDATE mv_t SET region = 'us', status = 'done' WHERE id = 7;
+RESET statehub_events.capture;
+SELECT count(*) AS events FROM statehub_events.outbox;
+-- the row-move trigger goes with the last transition
+SELECT statehub_events.untrack('mv_t', 'org.statehub.mv.done');
+SELECT count(*) FROM pg_trigger WHERE tgname = 'statehub_events:row moved';
+SELECT statehub_events.untrack('mv_t', 'org.statehub.mv.closed');
+SELECT count(*) FROM pg_trigger WHERE tgname = 'statehub_events:row moved';
+DROP TABLE mv_t;
+DROP FUNCTION mv_close();
