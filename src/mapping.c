@@ -663,6 +663,49 @@ remove_mapping(Relation rel, const char *event_type)
 }
 
 /*
+ * Keep the row-move trigger of a partitioned table (capture.c says what it
+ * does): there while the table declares a transition, gone with the last.
+ * Called in SPI once the mapping rows are as they will be; the trigger is
+ * made and dropped by the caller, as the capture triggers are.
+ */
+static void
+sync_row_move_trigger(Relation rel)
+{
+	Oid			argtypes[2] = {OIDOID, NAMEOID};
+	Datum		args[2];
+	bool		isnull;
+	bool		wanted;
+	bool		present;
+	char	   *qualified;
+
+	if (rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
+		return;
+	args[0] = ObjectIdGetDatum(RelationGetRelid(rel));
+	args[1] = DirectFunctionCall1(namein, CStringGetDatum(STATEHUB_ROW_MOVE_TRIGGER));
+	execute_as_owner("SELECT EXISTS (SELECT FROM statehub_events.mapping m"
+					 "                WHERE m.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1"
+					 "                  AND m.operation OPERATOR(pg_catalog.=) 'update'),"
+					 "       EXISTS (SELECT FROM pg_catalog.pg_trigger t"
+					 "                WHERE t.tgrelid OPERATOR(pg_catalog.=) $1"
+					 "                  AND t.tgname OPERATOR(pg_catalog.=) $2)",
+					 2, argtypes, args, NULL);
+	wanted = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	present = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	if (wanted == present)
+		return;
+	qualified = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+										   RelationGetRelationName(rel));
+	if (wanted)
+		execute_ddl(psprintf("CREATE TRIGGER %s AFTER INSERT OR DELETE ON %s"
+							 " FOR EACH ROW EXECUTE FUNCTION %s.capture(%s)",
+							 quote_identifier(STATEHUB_ROW_MOVE_TRIGGER), qualified,
+							 STATEHUB_SCHEMA, quote_literal_cstr(STATEHUB_ROW_MOVE_ARG)));
+	else
+		execute_ddl(psprintf("DROP TRIGGER %s ON %s",
+							 quote_identifier(STATEHUB_ROW_MOVE_TRIGGER), qualified));
+}
+
+/*
  * Open the table to track, checking what it is and the caller's rights:
  * what CREATE TRIGGER needs on the table, and EXECUTE on capture() (which
  * CREATE TRIGGER checks too; checked first here for a clearer error).
@@ -1012,6 +1055,7 @@ track(TrackSpec *spec)
 					 "  to_value, attributes, condition, trigger_name)"
 					 " VALUES ($1::pg_catalog.regclass, $2, $3, $4, $5, $6, $7, $8, $9)",
 					 9, argtypes, args, nulls);
+	sync_row_move_trigger(rel);
 
 	SPI_finish();
 	relation_close(rel, NoLock);
@@ -1106,6 +1150,7 @@ untrack(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	removed = remove_mapping(rel, event_type);
+	sync_row_move_trigger(rel);
 	SPI_finish();
 	relation_close(rel, NoLock);
 	PG_RETURN_BOOL(removed);
