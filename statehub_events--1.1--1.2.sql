@@ -309,14 +309,18 @@ BEGIN
           JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
          WHERE m.operation OPERATOR(pg_catalog.=) 'update'
            AND c.relkind OPERATOR(pg_catalog.=) 'p'
+           -- its own (not a clone), known by what it runs: capture('row moved')
            AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger g
                             WHERE g.tgrelid OPERATOR(pg_catalog.=) c.oid
-                              AND g.tgname OPERATOR(pg_catalog.=) 'statehub_events:row moved')
+                              AND g.tgparentid OPERATOR(pg_catalog.=) 0
+                              AND g.tgfoid OPERATOR(pg_catalog.=) 'statehub_events.capture()'::pg_catalog.regprocedure
+                              AND g.tgargs OPERATOR(pg_catalog.=) '\x726f77206d6f76656400'::pg_catalog.bytea)
     LOOP
         EXECUTE pg_catalog.format(
             'CREATE TRIGGER %I AFTER INSERT OR DELETE ON %I.%I FOR EACH ROW'
             ' EXECUTE FUNCTION statehub_events.capture(%L)',
-            'statehub_events:row moved', t.nspname, t.relname, 'row moved');
+            'statehub_events:row moved:' OPERATOR(pg_catalog.||) t.relname,
+            t.nspname, t.relname, 'row moved');
     END LOOP;
 END
 $row_moved$;

@@ -44,7 +44,7 @@ SELECT statehub_events.track_transition('mv_t', 'status', 'done', 'org.statehub.
 -- row-move trigger
 CREATE TABLE mv_ap PARTITION OF mv_t FOR VALUES IN ('ap');
 SELECT tgrelid::regclass, tgname FROM pg_trigger
- WHERE tgname = 'statehub_events:row moved' ORDER BY 1::text;
+ WHERE tgname LIKE 'statehub_events:row moved:%' ORDER BY tgrelid::regclass::text, tgname;
 INSERT INTO mv_t VALUES (1, 'eu', 'open', 'a'), (2, 'eu', 'new', 'b'), (3, 'eu', 'open', 'c'),
                         (4, 'us', 'open', 'd'), (5, 'eu', 'done', 'e'), (6, 'eu', 'open', 'f');
 SELECT clear_events();
@@ -94,10 +94,40 @@ SET statehub_events.capture = off;
 UPDATE mv_t SET region = 'us', status = 'done' WHERE id = 7;
 RESET statehub_events.capture;
 SELECT count(*) AS events FROM statehub_events.outbox;
--- the row-move trigger goes with the last transition
-SELECT statehub_events.untrack('mv_t', 'org.statehub.mv.done');
-SELECT count(*) FROM pg_trigger WHERE tgname = 'statehub_events:row moved';
-SELECT statehub_events.untrack('mv_t', 'org.statehub.mv.closed');
-SELECT count(*) FROM pg_trigger WHERE tgname = 'statehub_events:row moved';
-DROP TABLE mv_t;
+-- the row-move trigger goes with the last transition, also after a RENAME
+ALTER TABLE mv_t RENAME TO mv_renamed;
+SELECT statehub_events.untrack('mv_renamed', 'org.statehub.mv.done');
+SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'statehub_events:row moved:mv%';
+SELECT statehub_events.untrack('mv_renamed', 'org.statehub.mv.closed');
+SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'statehub_events:row moved:mv%';
+DROP TABLE mv_renamed;
 DROP FUNCTION mv_close();
+
+-- a sub-partitioned partition declaring its own transition beside its
+-- parent's: each has its row-move trigger, and a moved row's transitions
+-- are published once each, those of the partition it lands in
+CREATE TABLE mv_n (id integer, k integer, status text) PARTITION BY RANGE (k);
+CREATE TABLE mv_n_lo PARTITION OF mv_n FOR VALUES FROM (0) TO (10) PARTITION BY LIST (status);
+CREATE TABLE mv_n_lo_open PARTITION OF mv_n_lo FOR VALUES IN ('open');
+CREATE TABLE mv_n_lo_done PARTITION OF mv_n_lo FOR VALUES IN ('done');
+CREATE TABLE mv_n_hi PARTITION OF mv_n FOR VALUES FROM (10) TO (20);
+SELECT statehub_events.track_transition('mv_n_lo', 'status', 'done', 'org.statehub.mv.lo_done',
+                                        attributes => '{id}');
+SELECT statehub_events.track_transition('mv_n', 'status', 'done', 'org.statehub.mv.n_done',
+                                        attributes => '{id}');
+SELECT tgrelid::regclass, tgname FROM pg_trigger
+ WHERE tgname LIKE 'statehub_events:row moved:%' ORDER BY tgrelid::regclass::text, tgname;
+INSERT INTO mv_n VALUES (1, 1, 'open'), (2, 1, 'open');
+SELECT clear_events();
+UPDATE mv_n SET status = 'done' WHERE id = 1;
+UPDATE mv_n SET status = 'done', k = 15 WHERE id = 2;
+SELECT * FROM show_events();
+SELECT clear_events();
+SELECT statehub_events.untrack('mv_n', 'org.statehub.mv.n_done');
+SELECT tgrelid::regclass, tgname FROM pg_trigger
+ WHERE tgname LIKE 'statehub_events:row moved:%' ORDER BY tgrelid::regclass::text, tgname;
+UPDATE mv_n SET status = 'open' WHERE id = 1;
+UPDATE mv_n SET status = 'done' WHERE id = 1;
+SELECT * FROM show_events();
+SELECT clear_events();
+DROP TABLE mv_n;

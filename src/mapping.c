@@ -61,6 +61,7 @@
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "parser/parse_func.h"
@@ -665,44 +666,60 @@ remove_mapping(Relation rel, const char *event_type)
 /*
  * Keep the row-move trigger of a partitioned table (capture.c says what it
  * does): there while the table declares a transition, gone with the last.
- * Called in SPI once the mapping rows are as they will be; the trigger is
- * made and dropped by the caller, as the capture triggers are.
+ * It is known by what it runs, not by its name (which a table RENAME leaves
+ * behind).  Called in SPI once the mapping rows are as they will be; the
+ * trigger is made and dropped by the caller, as the capture triggers are.
  */
 static void
 sync_row_move_trigger(Relation rel)
 {
-	Oid			argtypes[2] = {OIDOID, NAMEOID};
+	Oid			argtypes[2] = {OIDOID, BYTEAOID};
 	Datum		args[2];
+	size_t		arglen = strlen(STATEHUB_ROW_MOVE_ARG) + 1;
+	bytea	   *tgargs = palloc(VARHDRSZ + arglen);
 	bool		isnull;
 	bool		wanted;
-	bool		present;
+	char	   *present;
 	char	   *qualified;
 
 	if (rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
 		return;
+	/* pg_trigger.tgargs: each argument NUL-terminated */
+	SET_VARSIZE(tgargs, VARHDRSZ + arglen);
+	memcpy(VARDATA(tgargs), STATEHUB_ROW_MOVE_ARG, arglen);
 	args[0] = ObjectIdGetDatum(RelationGetRelid(rel));
-	args[1] = DirectFunctionCall1(namein, CStringGetDatum(STATEHUB_ROW_MOVE_TRIGGER));
+	args[1] = PointerGetDatum(tgargs);
 	execute_as_owner("SELECT EXISTS (SELECT FROM statehub_events.mapping m"
 					 "                WHERE m.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1"
 					 "                  AND m.operation OPERATOR(pg_catalog.=) 'update'),"
-					 "       EXISTS (SELECT FROM pg_catalog.pg_trigger t"
-					 "                WHERE t.tgrelid OPERATOR(pg_catalog.=) $1"
-					 "                  AND t.tgname OPERATOR(pg_catalog.=) $2)",
+					 "       (SELECT t.tgname FROM pg_catalog.pg_trigger t"
+					 "         WHERE t.tgrelid OPERATOR(pg_catalog.=) $1"
+					 "           AND t.tgparentid OPERATOR(pg_catalog.=) 0"
+					 "           AND t.tgfoid OPERATOR(pg_catalog.=) 'statehub_events.capture()'::pg_catalog.regprocedure"
+					 "           AND t.tgargs OPERATOR(pg_catalog.=) $2"
+					 "         LIMIT 1)",
 					 2, argtypes, args, NULL);
 	wanted = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	present = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-	if (wanted == present)
+	present = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	if (wanted == (present != NULL))
 		return;
 	qualified = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 										   RelationGetRelationName(rel));
 	if (wanted)
+	{
+		/* unique among the table's ancestors, whose clones it inherits */
+		char	   *name = psprintf(STATEHUB_ROW_MOVE_PREFIX "%s",
+									RelationGetRelationName(rel));
+
+		name[pg_mbcliplen(name, strlen(name), NAMEDATALEN - 1)] = '\0';
 		execute_ddl(psprintf("CREATE TRIGGER %s AFTER INSERT OR DELETE ON %s"
 							 " FOR EACH ROW EXECUTE FUNCTION %s.capture(%s)",
-							 quote_identifier(STATEHUB_ROW_MOVE_TRIGGER), qualified,
+							 quote_identifier(name), qualified,
 							 STATEHUB_SCHEMA, quote_literal_cstr(STATEHUB_ROW_MOVE_ARG)));
+	}
 	else
-		execute_ddl(psprintf("DROP TRIGGER %s ON %s",
-							 quote_identifier(STATEHUB_ROW_MOVE_TRIGGER), qualified));
+		execute_ddl(psprintf("DROP TRIGGER %s ON %s", quote_identifier(present),
+							 qualified));
 }
 
 /*

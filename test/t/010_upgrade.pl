@@ -45,7 +45,7 @@ CREATE TABLE shards_eu PARTITION OF shards FOR VALUES IN ('eu');
 SELECT statehub_events.track_transition('shards', 'status', 'done', 'org.statehub.shard.done');
 };
 # what a 1.1 library made: no row-move trigger (the update makes it)
-my $as_11 = q{DROP TRIGGER "statehub_events:row moved" ON shards};
+my $as_11 = q{DROP TRIGGER "statehub_events:row moved:shards" ON shards};
 
 # mapping rows whose table is gone
 my $stale_sql = q{SELECT count(*) FROM statehub_events.mapping m
@@ -231,7 +231,7 @@ is($node->safe_psql('restored', $mappings_sql),
 	'the restored database has the same mappings');
 is( $node->safe_psql(
 		'restored', q{SELECT string_agg(tgrelid::regclass::text, ' ' ORDER BY tgrelid::regclass::text)
-		    FROM pg_trigger WHERE tgname = 'statehub_events:row moved'}),
+		    FROM pg_trigger WHERE tgname = 'statehub_events:row moved:shards'}),
 	'shards shards_eu',
 	'the restored partitioned table and its partition have the row-move trigger');
 
