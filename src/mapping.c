@@ -39,6 +39,10 @@
  * errors; an event type outside stream_subjects is a warning; replacing a
  * declaration is a NOTICE that shows the old and the new one.
  *
+ * A partitioned table with a transition also carries one row-move trigger
+ * (sync_row_move_trigger; capture.c's follow_row_move says why): made with
+ * its first transition, dropped with its last, as the caller.
+ *
  * Every check happens before anything is created, and any error aborts the
  * caller's transaction: nothing is ever half-created.
  *
