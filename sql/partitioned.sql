@@ -62,14 +62,8 @@ SELECT tableoid::regclass, id, status FROM mv_t ORDER BY id;
 -- a BEFORE trigger that makes the transition is published, as for a row
 -- that stays; a BEFORE trigger of the destination's INSERT is part of the
 -- row the UPDATE leaves
-CREATE FUNCTION mv_close() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.note = 'close' THEN
-        NEW.status := 'done';
-    END IF;
-    RETURN NEW;
-END
-$$;
+CREATE FUNCTION mv_close() RETURNS trigger LANGUAGE plpgsql AS
+$$ BEGIN NEW.status := CASE NEW.note WHEN 'close' THEN 'done' ELSE NEW.status END; RETURN NEW; END $$;
 CREATE TRIGGER mv_close BEFORE UPDATE ON mv_t FOR EACH ROW EXECUTE FUNCTION mv_close();
 UPDATE mv_t SET region = 'eu', note = 'close' WHERE id = 6;
 SELECT * FROM show_events();
