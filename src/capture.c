@@ -85,6 +85,7 @@ static ExecutorFinish_hook_type prev_executor_finish = NULL;
 
 /* the query whose AFTER triggers are firing: see row_moved */
 static bool finishing_plain_update = false;
+static bool finishing_moves_covered = false;	/* see moves_covered */
 static MemoryContext finishing_cxt = NULL;	/* its es_query_cxt */
 static MovedRow *moved_row = NULL;
 static bool cache_has_invalid = false;	/* entries to free before the next use */
@@ -398,15 +399,19 @@ queue_row_event(CaptureEntry *entry, TupleDesc desc, HeapTuple tuple,
  * The hook also keeps, per query, the memory the row-move trigger holds a
  * moved row in (the query's own: freed with it, whatever happens).
  */
+static bool moves_covered(QueryDesc *queryDesc);
+
 static void
 capture_executor_finish(QueryDesc *queryDesc)
 {
 	bool		saved = finishing_plain_update;
+	bool		saved_covered = finishing_moves_covered;
 	MemoryContext saved_cxt = finishing_cxt;
 	MovedRow   *saved_row = moved_row;
 
 	finishing_plain_update = queryDesc->operation == CMD_UPDATE &&
 		!queryDesc->plannedstmt->hasModifyingCTE;
+	finishing_moves_covered = finishing_plain_update && moves_covered(queryDesc);
 	finishing_cxt = queryDesc->estate->es_query_cxt;
 	moved_row = NULL;
 	PG_TRY();
@@ -419,6 +424,7 @@ capture_executor_finish(QueryDesc *queryDesc)
 	PG_FINALLY();
 	{
 		finishing_plain_update = saved;
+		finishing_moves_covered = saved_covered;
 		finishing_cxt = saved_cxt;
 		moved_row = saved_row;
 	}
@@ -466,6 +472,49 @@ trigger_fires(Trigger *trigger)
 			trigger->tgenabled != TRIGGER_DISABLED;
 	return trigger->tgenabled != TRIGGER_FIRES_ON_REPLICA &&
 		trigger->tgenabled != TRIGGER_DISABLED;
+}
+
+/* Whether this is a row-move trigger (mapping.c makes them). */
+static bool
+is_row_move_trigger(Trigger *trigger)
+{
+	return trigger->tgnargs == 1 &&
+		strcmp(trigger->tgargs[0], STATEHUB_ROW_MOVE_ARG) == 0 &&
+		TRIGGER_FOR_ROW(trigger->tgtype) && TRIGGER_FOR_AFTER(trigger->tgtype) &&
+		TRIGGER_FOR_INSERT(trigger->tgtype) && TRIGGER_FOR_DELETE(trigger->tgtype);
+}
+
+/*
+ * Whether every row this UPDATE moves fires both halves of a row-move
+ * trigger: its target is a partitioned table that carries one (its own, or
+ * a clone of an ancestor's), so every partition below it, the only ones a
+ * row can move between, carries it too.  Otherwise a row moving out of a
+ * sub-partition that declares a transition would leave its old row kept,
+ * and a row moving in would be paired with it: rather nothing than that.
+ */
+static bool
+moves_covered(QueryDesc *queryDesc)
+{
+	ModifyTableState *mt;
+	Relation	rel;
+
+	if (queryDesc->planstate == NULL ||
+		!IsA(queryDesc->planstate, ModifyTableState))
+		return false;
+	mt = (ModifyTableState *) queryDesc->planstate;
+	if (mt->rootResultRelInfo == NULL)
+		return false;
+	rel = mt->rootResultRelInfo->ri_RelationDesc;
+	if (rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE || rel->trigdesc == NULL)
+		return false;
+	for (int i = 0; i < rel->trigdesc->numtriggers; i++)
+	{
+		Trigger    *trigger = &rel->trigdesc->triggers[i];
+
+		if (is_row_move_trigger(trigger) && trigger_fires(trigger))
+			return true;
+	}
+	return false;
 }
 
 /* Whether an UPDATE trigger's WHEN clause holds for (old, new). */
@@ -560,8 +609,10 @@ publish_moved_transitions(Oid capture_oid, Relation rel, HeapTuple newtuple)
  * So the DELETE half keeps a copy of the old row, in the finishing query's
  * memory, and the INSERT half that comes next publishes the transitions
  * with it.  Each DELETE half replaces what an earlier one kept, and only an
- * INSERT of a plain UPDATE (row_moved) pairs with it.  Every other row
- * costs one test.
+ * INSERT of a plain UPDATE (row_moved) pairs with it; only in an UPDATE
+ * whose every moved row fires both halves (moves_covered), so a row whose
+ * INSERT a BEFORE trigger skipped is forgotten at the next row.  Every
+ * other row costs one test.
  */
 static void
 follow_row_move(FunctionCallInfo fcinfo, TriggerData *trigdata)
@@ -571,7 +622,7 @@ follow_row_move(FunctionCallInfo fcinfo, TriggerData *trigdata)
 		MemoryContext old;
 
 		forget_moved_row();
-		if (!row_moved(trigdata) || !finishing_plain_update ||
+		if (!row_moved(trigdata) || !finishing_moves_covered ||
 			finishing_cxt == NULL)
 			return;
 		old = MemoryContextSwitchTo(finishing_cxt);
@@ -613,8 +664,7 @@ capture(PG_FUNCTION_ARGS)
 				 errmsg("function \"capture\" must be fired AFTER ... FOR EACH ROW")));
 
 	trigger = trigdata->tg_trigger;
-	if (trigger->tgnargs == 1 &&
-		strcmp(trigger->tgargs[0], STATEHUB_ROW_MOVE_ARG) == 0)
+	if (is_row_move_trigger(trigger))
 	{
 		follow_row_move(fcinfo, trigdata);
 		return PointerGetDatum(NULL);
