@@ -21,6 +21,7 @@ OBJS = \
 	src/worker.o \
 	src/pipeline.o \
 	src/cursor.o \
+	src/backfill.o \
 	src/nats_client.o \
 	src/counters.o \
 	src/drop_guard.o
@@ -34,7 +35,7 @@ PGFILEDESC = "statehub_events - transactional outbox delivered to NATS JetStream
 # setup creates the extension (and the helpers the other files use)
 REGRESS = setup track_insert track_transition track_delete track_errors \
 	attributes emit outbox_tx partitioned capture_guc privileges \
-	column_changes security capture_cache operations mapping_fidelity
+	column_changes security capture_cache operations mapping_fidelity backfill
 
 ISOLATION = concurrent_transitions
 ISOLATION_OPTS = --inputdir=test --outputdir=test/output_iso --load-extension=statehub_events

@@ -271,14 +271,14 @@ BEGIN
     WITH gone AS (
         DELETE FROM statehub_events.dead_letter d
          WHERE event_ids IS NULL OR d.event_id = ANY (event_ids)
-        RETURNING d.id, d.event_id, d.subject, d.payload, d.enqueued_at
+        RETURNING d.id, d.event_id, d.subject, d.payload, d.enqueued_at, d.backfill
     ), ordered AS (
-        SELECT g.event_id, g.subject, g.payload, g.enqueued_at
+        SELECT g.event_id, g.subject, g.payload, g.enqueued_at, g.backfill
           FROM gone g
          ORDER BY g.id
     )
-    INSERT INTO statehub_events.outbox (event_id, subject, payload, enqueued_at)
-    SELECT o.event_id, o.subject, o.payload, o.enqueued_at
+    INSERT INTO statehub_events.outbox (event_id, subject, payload, enqueued_at, backfill)
+    SELECT o.event_id, o.subject, o.payload, o.enqueued_at, o.backfill
       FROM ordered o;
     GET DIAGNOSTICS moved = ROW_COUNT;
     IF moved > 0 THEN
@@ -674,3 +674,61 @@ CREATE EVENT TRIGGER statehub_events_refuse_dropping_attribute_columns ON sql_dr
 
 COMMENT ON EVENT TRIGGER statehub_events_refuse_dropping_attribute_columns IS
 'Refuses ALTER TABLE ... DROP COLUMN of a column a declared event publishes.';
+
+-- ---------------------------------------------------------------------------
+-- Backfill (1.2, issue 11): events for the rows that existed before their
+-- declaration, flagged in the queue and on the wire
+-- ---------------------------------------------------------------------------
+
+/*
+ * A backfilled event is a normal envelope; the flag travels beside it: the
+ * worker publishes a flagged row with the header Statehub-Backfill: true,
+ * and a dead letter keeps the flag (retry_dead_letters puts it back).
+ */
+ALTER TABLE statehub_events.outbox
+    ADD COLUMN backfill pg_catalog.bool NOT NULL DEFAULT false;
+
+COMMENT ON COLUMN statehub_events.outbox.backfill IS
+'Queued by backfill() for a row that existed before its declaration (published with the header Statehub-Backfill: true).';
+
+ALTER TABLE statehub_events.dead_letter
+    ADD COLUMN backfill pg_catalog.bool NOT NULL DEFAULT false;
+
+COMMENT ON COLUMN statehub_events.dead_letter.backfill IS
+'The event was queued by backfill().';
+
+/*
+ * SET search_path: the conditions (the insert mapping's and the caller's)
+ * are parsed and run as the caller, resolving names in pg_catalog only, as
+ * the capture trigger's WHEN clause does.
+ */
+CREATE FUNCTION statehub_events.backfill(tbl pg_catalog.regclass,
+                                         event_type pg_catalog.text,
+                                         condition pg_catalog.text DEFAULT NULL)
+RETURNS pg_catalog.int8
+AS 'MODULE_PATHNAME', 'backfill'
+LANGUAGE C CALLED ON NULL INPUT VOLATILE
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION statehub_events.backfill(pg_catalog.regclass, pg_catalog.text, pg_catalog.text) IS
+'Queues one event_type event per existing row of tbl that its declaration announces (narrowed by condition, an expression over NEW), flagged as a backfill; returns how many.';
+
+/* Queueing events is a DBA's right: granted like the track_* functions. */
+REVOKE ALL ON FUNCTION statehub_events.backfill(pg_catalog.regclass, pg_catalog.text, pg_catalog.text) FROM PUBLIC;
+
+CREATE VIEW statehub_events.queued_by_origin AS
+SELECT pg_catalog.count(*) FILTER (WHERE NOT o.backfill) AS live_queued,
+       pg_catalog.count(*) FILTER (WHERE o.backfill) AS backfill_queued,
+       pg_catalog.now() - pg_catalog.min(o.enqueued_at) FILTER (WHERE NOT o.backfill)
+           AS oldest_live_age,
+       pg_catalog.now() - pg_catalog.min(o.enqueued_at) FILTER (WHERE o.backfill)
+           AS oldest_backfill_age,
+       (SELECT pg_catalog.count(*) FROM statehub_events.dead_letter d
+         WHERE d.backfill) AS backfill_dead_letters
+  FROM statehub_events.outbox o;
+
+COMMENT ON VIEW statehub_events.queued_by_origin IS
+'The outbox split into live events and backfilled ones: counts and oldest ages, and the dead letters of backfills.';
+
+REVOKE ALL ON statehub_events.queued_by_origin FROM PUBLIC;
+GRANT SELECT ON statehub_events.queued_by_origin TO pg_monitor;

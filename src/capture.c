@@ -344,40 +344,29 @@ static void
 queue_event(const unsigned char *id, const char *event_type, StringInfo buf,
 			TimestampTz occurred_at)
 {
-	statehub_outbox_append(id, event_type, buf->data, buf->len, occurred_at);
+	statehub_outbox_append(id, event_type, buf->data, buf->len, occurred_at,
+						   false);
 	statehub_capture_arm_wakeup();
 }
 
 /*
- * Queue the event of one row: attributes from tuple, and for a transition
- * "previous" from old (NULL for an insert or a delete).
+ * Queue the event a capture trigger makes of one row: attributes from
+ * tuple, "previous" from previous (NULL for an insert or a delete).
  */
 static void
-queue_row_event(CaptureEntry *entry, TupleDesc desc, HeapTuple tuple,
-				HeapTuple old)
+queue_row_event(Trigger *trigger, Relation rel, HeapTuple tuple,
+				HeapTuple previous)
 {
 	StringInfoData buf;
 	unsigned char id[STATEHUB_UUID_LEN];
 	TimestampTz now = GetCurrentTimestamp();
+	const char *event_type;
 
 	statehub_new_event_id(id);
 	initStringInfo(&buf);
-	statehub_envelope_begin(&buf, id, entry->event_type, now);
-	append_columns(&buf, entry->columns, entry->ncolumns, tuple, desc);
-
-	if (old != NULL && entry->tracked != NULL)
-	{
-		/* "previous": {"<tracked column>": <its old value>} */
-		if (entry->ncolumns > 0)
-			appendBinaryStringInfo(&buf, ", ", 2);
-		appendStringInfoString(&buf, "\"previous\": ");
-		append_columns(&buf, entry->tracked, 1, old, desc);
-		appendStringInfoChar(&buf, '}');
-	}
-	appendStringInfoChar(&buf, '}');
-	statehub_envelope_end(&buf);
-
-	queue_event(id, entry->event_type, &buf, now);
+	event_type = statehub_capture_envelope(&buf, trigger, rel, tuple, previous,
+										   id, now);
+	queue_event(id, event_type, &buf, now);
 }
 
 /*
@@ -589,7 +578,7 @@ publish_moved_transitions(Oid capture_oid, Relation rel, HeapTuple newtuple)
 			ExecStoreHeapTuple(newtuple, newslot, false);
 		}
 		if (when_holds(trigger, estate, oldslot, newslot))
-			queue_row_event(get_entry(trigger, rel), desc, newtuple, oldtuple);
+			queue_row_event(trigger, rel, newtuple, oldtuple);
 	}
 	if (estate != NULL)
 	{
@@ -642,6 +631,47 @@ follow_row_move(FunctionCallInfo fcinfo, TriggerData *trigdata)
 }
 
 /*
+ * Build the envelope the capture trigger queues for tuple (a row of rel,
+ * in rel's row type), with "previous" from previous when it is given and
+ * the trigger tracks a column.  Returns the event type.  Shared by the
+ * trigger and by backfill() (backfill.c), so a backfilled event carries
+ * exactly the attributes a live one would.
+ */
+const char *
+statehub_capture_envelope(StringInfo buf, Trigger *trigger, Relation rel,
+						  HeapTuple tuple, HeapTuple previous,
+						  const unsigned char *id, TimestampTz now)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	CaptureEntry *entry = get_entry(trigger, rel);
+
+	statehub_envelope_begin(buf, id, entry->event_type, now);
+	append_columns(buf, entry->columns, entry->ncolumns, tuple, desc);
+
+	if (previous != NULL && entry->tracked != NULL)
+	{
+		/* "previous": {"<tracked column>": <its old value>} */
+		if (entry->ncolumns > 0)
+			appendBinaryStringInfo(buf, ", ", 2);
+		appendStringInfoString(buf, "\"previous\": ");
+		append_columns(buf, entry->tracked, 1, previous, desc);
+		appendStringInfoChar(buf, '}');
+	}
+	appendStringInfoChar(buf, '}');
+	statehub_envelope_end(buf);
+	return entry->event_type;
+}
+
+/* The column a transition trigger tracks, or InvalidAttrNumber. */
+AttrNumber
+statehub_capture_tracked_column(Trigger *trigger, Relation rel)
+{
+	CaptureEntry *entry = get_entry(trigger, rel);
+
+	return entry->tracked != NULL ? entry->tracked->attnum : InvalidAttrNumber;
+}
+
+/*
  * The capture trigger.  It must be AFTER ... FOR EACH ROW: before the row
  * is final there is nothing to announce, and only a row trigger sees rows.
  */
@@ -650,8 +680,6 @@ capture(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	Trigger    *trigger;
-	Relation	rel;
-	CaptureEntry *entry;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
@@ -672,15 +700,12 @@ capture(PG_FUNCTION_ARGS)
 	if (!statehub_capture || row_moved(trigdata))
 		return PointerGetDatum(NULL);
 
-	rel = trigdata->tg_relation;
-	entry = get_entry(trigger, rel);
-
 	/* attributes come from the row as it is now (OLD for a delete) */
 	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
-		queue_row_event(entry, RelationGetDescr(rel), trigdata->tg_newtuple,
+		queue_row_event(trigger, trigdata->tg_relation, trigdata->tg_newtuple,
 						trigdata->tg_trigtuple);
 	else
-		queue_row_event(entry, RelationGetDescr(rel), trigdata->tg_trigtuple,
+		queue_row_event(trigger, trigdata->tg_relation, trigdata->tg_trigtuple,
 						NULL);
 
 	return PointerGetDatum(NULL);

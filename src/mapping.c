@@ -204,31 +204,42 @@ check_attributes(Relation rel, ArrayType *attributes, bool is_transition)
  * Report a syntax error at its place in the condition rather than at a
  * meaningless place in the caller's query (as SQL functions do).
  */
+typedef struct ConditionContext
+{
+	const char *condition;
+	const char *what;
+} ConditionContext;
+
 static void
 condition_error_context(void *arg)
 {
-	const char *condition = (const char *) arg;
+	ConditionContext *ctx = (ConditionContext *) arg;
 	int			pos = geterrposition();
 
 	if (pos > 0)
 	{
 		errposition(0);
 		internalerrposition(Max(pos - (int) strlen(CONDITION_PREFIX), 1));
-		internalerrquery(condition);
+		internalerrquery(ctx->condition);
 	}
-	errcontext("condition of the event declaration");
+	errcontext("%s", ctx->what);
 }
 
-static void
-check_condition(const char *condition)
+/*
+ * Check that a condition is one expression; what names it in the error
+ * context ("condition of the event declaration").  Also used by backfill().
+ */
+void
+statehub_check_condition(const char *condition, const char *what)
 {
 	char	   *sql = psprintf(CONDITION_PREFIX "%s\n)", condition);
 	List	   *parsed;
 	SelectStmt *select = NULL;
 	ErrorContextCallback errcb;
+	ConditionContext ctx = {condition, what};
 
 	errcb.callback = condition_error_context;
-	errcb.arg = (void *) condition;
+	errcb.arg = (void *) &ctx;
 	errcb.previous = error_context_stack;
 	error_context_stack = &errcb;
 	parsed = raw_parser(sql, RAW_PARSE_DEFAULT);
@@ -606,19 +617,22 @@ execute_ddl(const char *sql)
 }
 
 /*
- * The operation ("insert", "update" or "delete") of the mapping of (table,
- * event type) in force, or NULL when there is none.
+ * The mapping in force of (table, event type), false when there is none;
+ * for the track_* functions and backfill() (backfill.c).  The caller is
+ * connected to SPI; the strings live in its SPI context.
  */
-static char *
-mapping_in_force(Relation rel, const char *event_type, char **tgname)
+bool
+statehub_mapping_lookup(Relation rel, const char *event_type,
+						StatehubMapping *mapping)
 {
 	Oid			argtypes[2] = {OIDOID, TEXTOID};
 	Datum		args[2];
+	HeapTuple	tup;
+	TupleDesc	desc;
 
 	args[0] = ObjectIdGetDatum(RelationGetRelid(rel));
 	args[1] = CStringGetTextDatum(event_type);
-
-	execute_as_owner("SELECT m.operation, m.trigger_name"
+	execute_as_owner("SELECT m.operation, m.trigger_name, m.to_value, m.condition"
 					 "  FROM statehub_events.mapping m"
 					 "  JOIN pg_catalog.pg_trigger t"
 					 "    ON t.tgrelid OPERATOR(pg_catalog.=) m.table_name::pg_catalog.oid"
@@ -627,10 +641,47 @@ mapping_in_force(Relation rel, const char *event_type, char **tgname)
 					 "   AND m.event_type OPERATOR(pg_catalog.=) $2",
 					 2, argtypes, args, NULL);
 	if (SPI_processed == 0)
+		return false;
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	mapping->operation = SPI_getvalue(tup, desc, 1);
+	mapping->trigger_name = SPI_getvalue(tup, desc, 2);
+	mapping->to_value = SPI_getvalue(tup, desc, 3);
+	mapping->condition = SPI_getvalue(tup, desc, 4);
+	return true;
+}
+
+/*
+ * The operation ("insert", "update" or "delete") of the mapping of (table,
+ * event type) in force, or NULL when there is none.
+ */
+static char *
+mapping_in_force(Relation rel, const char *event_type, char **tgname)
+{
+	StatehubMapping mapping;
+
+	if (!statehub_mapping_lookup(rel, event_type, &mapping))
 		return NULL;
 	if (tgname != NULL)
-		*tgname = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		*tgname = mapping.trigger_name;
+	return mapping.operation;
+}
+
+/*
+ * For backfill(): the to_value of a transition on column attnum converted
+ * as the declaration converts it (as the table's owner), and the column
+ * type's equality operator as "OPERATOR(schema.=)".
+ */
+char *
+statehub_transition_filter(Relation rel, AttrNumber attnum,
+						   const char *to_value, Datum *to)
+{
+	Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
+	Oid			eqfunc;
+	char	   *opr = equality_operator(att, rel, &eqfunc);
+
+	*to = convert_value(att, rel, "to_value", to_value);
+	return opr;
 }
 
 /*
@@ -731,10 +782,9 @@ sync_row_move_trigger(Relation rel)
  * what CREATE TRIGGER needs on the table, and EXECUTE on capture() (which
  * CREATE TRIGGER checks too; checked first here for a clearer error).
  */
-static Relation
-open_tracked_table(Oid relid, bool declaring)
+void
+statehub_check_declare_rights(Oid relid, bool declaring)
 {
-	Relation	rel;
 	char		relkind = get_rel_relkind(relid);
 
 	if (relkind == '\0')
@@ -742,7 +792,6 @@ open_tracked_table(Oid relid, bool declaring)
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("table with OID %u does not exist", relid)));
 
-	/* check rights before taking a lock others would wait on */
 	if (pg_class_aclcheck(relid, GetUserId(), ACL_TRIGGER) != ACLCHECK_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -761,6 +810,15 @@ open_tracked_table(Oid relid, bool declaring)
 					 errhint("A role that declares events needs EXECUTE on %s.capture(); see docs/security.md.",
 							 STATEHUB_SCHEMA)));
 	}
+}
+
+static Relation
+open_tracked_table(Oid relid, bool declaring)
+{
+	Relation	rel;
+
+	/* check rights before taking a lock others would wait on */
+	statehub_check_declare_rights(relid, declaring);
 
 	/* the lock CREATE TRIGGER takes; it also serializes concurrent tracks */
 	rel = relation_open(relid, ShareRowExclusiveLock);
@@ -1005,7 +1063,8 @@ track(TrackSpec *spec)
 		appendStringInfo(&ddl, "INSERT ON %s FOR EACH ROW ", qualified);
 		if (spec->condition != NULL)
 		{
-			check_condition(spec->condition);
+			statehub_check_condition(spec->condition,
+									 "condition of the event declaration");
 			appendStringInfo(&ddl, "WHEN (\n%s\n) ", spec->condition);
 		}
 	}

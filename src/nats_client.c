@@ -84,8 +84,12 @@
 #include "nats_client.h"
 #include "statehub_events.h"
 
-/* "NATS/1.0\r\n" "Nats-Msg-Id: " <id> "\r\n" "\r\n": counted in max_payload */
-#define MSG_HEADER_OVERHEAD (10 + 13 + STATEHUB_MSG_ID_LEN + 2 + 2)
+/*
+ * "NATS/1.0\r\n" "Nats-Msg-Id: " <id> "\r\n" ["Statehub-Backfill: true\r\n"]
+ * "\r\n": counted in max_payload (the backfill header always, so one limit
+ * holds for every event)
+ */
+#define MSG_HEADER_OVERHEAD (10 + 13 + STATEHUB_MSG_ID_LEN + 2 + 25 + 2)
 
 /* Upper bound of async publishes in flight; batch_size's maximum. */
 #define MAX_PENDING_PUBLISHES 100000
@@ -1240,6 +1244,8 @@ statehub_nats_publish_async(StatehubPubEvent *events, int nevents,
 		}
 		if (s == NATS_OK)
 			s = natsMsgHeader_Set(msg, "Nats-Msg-Id", ev->msg_id);
+		if (s == NATS_OK && ev->backfill)
+			s = natsMsgHeader_Set(msg, "Statehub-Backfill", "true");
 		if (s == NATS_OK)
 			s = js_PublishMsgAsync(js, &msg, NULL);
 		/* on success the library owns the message and msg is NULL */

@@ -44,6 +44,7 @@ typedef struct StatehubPubEvent
 	const char *payload;
 	int			payload_len;
 	char		msg_id[STATEHUB_MSG_ID_LEN + 1];
+	bool		backfill;		/* adds the header Statehub-Backfill: true */
 
 	volatile int outcome;		/* a StatehubPubOutcome */
 	int			err_status;		/* cnats status of a rejection */

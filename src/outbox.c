@@ -8,8 +8,9 @@
  * the way logical replication applies rows, which checks no ACL and plans
  * nothing but checks the table's constraints and maintains every index,
  * exactly as an INSERT by the table owner would (triggers aside, see
- * insert_row).  The drain key comes from nextval on the outbox's own
- * sequence, also without an ACL check.
+ * statehub_outbox_open).  The drain key comes from nextval on the outbox's
+ * own sequence, also without an ACL check.  A backfill (backfill.c) keeps
+ * one writer open for all its rows instead of opening one per event.
  *
  * The relation and sequence OIDs are looked up once and forgotten on any
  * relcache invalidation of either (DROP EXTENSION, ALTER TABLE, ...).
@@ -47,8 +48,12 @@ enum
 	OUTBOX_ATTEMPTS,
 	OUTBOX_NEXT_ATTEMPT_AT,
 	OUTBOX_LAST_ERROR,
+	OUTBOX_BACKFILL,			/* 1.2 */
 	OUTBOX_NATTS
 };
+
+/* Columns of an outbox not yet updated to 1.2 (no backfill column). */
+#define OUTBOX_NATTS_1_1 OUTBOX_BACKFILL
 
 static const struct
 {
@@ -64,6 +69,7 @@ static const struct
 	{"attempts", INT4OID},
 	{"next_attempt_at", TIMESTAMPTZOID},
 	{"last_error", TEXTOID},
+	{"backfill", BOOLOID},
 };
 
 static Oid	outbox_relid = InvalidOid;
@@ -72,6 +78,7 @@ static bool callback_registered = false;
 
 /* The outbox whose layout was checked; forgotten on an invalidation. */
 static Oid	checked_relid = InvalidOid;
+static int	checked_natts = 0;
 
 static void
 outbox_relcache_callback(Datum arg, Oid relid)
@@ -97,15 +104,21 @@ outbox_layout_error(const char *detail)
 					 "statehub_events")));
 }
 
-static void
+/*
+ * Check the outbox's columns and return how many it has: OUTBOX_NATTS, or
+ * OUTBOX_NATTS_1_1 while the binaries are 1.2 and ALTER EXTENSION ...
+ * UPDATE has not run yet (capture goes on; only a backfill needs the
+ * column).
+ */
+static int
 check_outbox_layout(Relation rel)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	int			i;
 
-	if (desc->natts != OUTBOX_NATTS)
+	if (desc->natts != OUTBOX_NATTS && desc->natts != OUTBOX_NATTS_1_1)
 		outbox_layout_error("The number of columns differs.");
-	for (i = 0; i < OUTBOX_NATTS; i++)
+	for (i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
@@ -114,6 +127,7 @@ check_outbox_layout(Relation rel)
 			att->atttypid != outbox_columns[i].type)
 			outbox_layout_error("A column was dropped, renamed, retyped or moved.");
 	}
+	return desc->natts;
 }
 
 /* Find the outbox and its sequence, once per backend and invalidation. */
@@ -148,61 +162,34 @@ lookup_outbox(void)
 	}
 }
 
-/*
- * Insert the row with the executor's single-row insert, as logical
- * replication's apply worker does: an EState with a range table holding the
- * outbox, so the table's CHECK and NOT NULL constraints are checked (with
- * the usual error, which names the failing row) and every index is
- * maintained, whatever kind of index a DBA added.  Triggers on the outbox
- * are left out: capture runs as the application role, and a DBA's trigger
- * on the queue must not run with that role's rights on every event.
- */
-static void
-insert_row(Relation rel, Datum *values, bool *nulls)
+/* An open outbox; see statehub_outbox_open. */
+struct StatehubOutboxWriter
 {
-	EState	   *estate = CreateExecutorState();
-	RangeTblEntry *rte = makeNode(RangeTblEntry);
-	ResultRelInfo *rri = makeNode(ResultRelInfo);
-	TupleTableSlot *slot;
-
-	rte->rtekind = RTE_RELATION;
-	rte->relid = RelationGetRelid(rel);
-	rte->relkind = rel->rd_rel->relkind;
-	rte->rellockmode = RowExclusiveLock;
-	ExecInitRangeTable(estate, list_make1(rte));
-	InitResultRelInfo(rri, rel, 1, NULL, 0);
-	rri->ri_TrigDesc = NULL;
-	estate->es_output_cid = GetCurrentCommandId(true);
-
-	ExecOpenIndices(rri, false);
-	slot = ExecInitExtraTupleSlot(estate, RelationGetDescr(rel), &TTSOpsVirtual);
-	ExecClearTuple(slot);
-	memcpy(slot->tts_values, values, sizeof(Datum) * OUTBOX_NATTS);
-	memcpy(slot->tts_isnull, nulls, sizeof(bool) * OUTBOX_NATTS);
-	ExecStoreVirtualTuple(slot);
-
-	ExecSimpleRelationInsert(rri, estate, slot);
-
-	ExecCloseIndices(rri);
-	ExecResetTupleTable(estate->es_tupleTable, false);
-	FreeExecutorState(estate);
-}
-
-/*
- * Append one event to the outbox in the current transaction (and current
- * subtransaction: a rolled-back savepoint takes the event with it).
- */
-void
-statehub_outbox_append(const unsigned char *event_id, const char *subject,
-					   const char *payload, int payload_len,
-					   TimestampTz occurred_at)
-{
-	Oid			relid;
-	Oid			seqid;
 	Relation	rel;
-	Datum		values[OUTBOX_NATTS];
-	bool		nulls[OUTBOX_NATTS];
-	pg_uuid_t  *uuid;
+	Oid			seqid;
+	int			natts;			/* OUTBOX_NATTS, or OUTBOX_NATTS_1_1 */
+	EState	   *estate;
+	ResultRelInfo *rri;
+	TupleTableSlot *slot;
+};
+
+/*
+ * Open the outbox for appending, in the current memory context.  Rows go
+ * in through the executor's single-row insert, as logical replication's
+ * apply worker does: an EState with a range table holding the outbox, so
+ * the table's CHECK and NOT NULL constraints are checked (with the usual
+ * error, which names the failing row) and every index is maintained,
+ * whatever kind of index a DBA added.  Triggers on the outbox are left out:
+ * capture runs as the application role, and a DBA's trigger on the queue
+ * must not run with that role's rights on every event.  One writer serves
+ * one event (statehub_outbox_append) or a backfill's many.
+ */
+StatehubOutboxWriter *
+statehub_outbox_open(void)
+{
+	StatehubOutboxWriter *w = palloc0(sizeof(StatehubOutboxWriter));
+	RangeTblEntry *rte = makeNode(RangeTblEntry);
+	Oid			relid;
 
 	/*
 	 * Keep the OIDs in locals: opening the table processes invalidations,
@@ -210,16 +197,58 @@ statehub_outbox_append(const unsigned char *event_id, const char *subject,
 	 */
 	lookup_outbox();
 	relid = outbox_relid;
-	seqid = outbox_seqid;
-	rel = table_open(relid, RowExclusiveLock);
+	w->seqid = outbox_seqid;
+	w->rel = table_open(relid, RowExclusiveLock);
 	if (checked_relid != relid)
 	{
-		check_outbox_layout(rel);
+		checked_natts = check_outbox_layout(w->rel);
 		checked_relid = relid;
 	}
+	w->natts = checked_natts;
+
+	w->estate = CreateExecutorState();
+	rte->rtekind = RTE_RELATION;
+	rte->relid = relid;
+	rte->relkind = w->rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	ExecInitRangeTable(w->estate, list_make1(rte));
+	w->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(w->rri, w->rel, 1, NULL, 0);
+	w->rri->ri_TrigDesc = NULL;
+	w->estate->es_output_cid = GetCurrentCommandId(true);
+	ExecOpenIndices(w->rri, false);
+	w->slot = ExecInitExtraTupleSlot(w->estate, RelationGetDescr(w->rel),
+									 &TTSOpsVirtual);
+	return w;
+}
+
+/*
+ * Append one event in the current transaction (and current subtransaction:
+ * a rolled-back savepoint takes the event with it).  backfill marks an
+ * event of statehub_events.backfill() (backfill.c).  The row's values are
+ * allocated in the current memory context.
+ */
+void
+statehub_outbox_write(StatehubOutboxWriter *w, const unsigned char *event_id,
+					  const char *subject, const char *payload,
+					  int payload_len, TimestampTz occurred_at, bool backfill)
+{
+	TupleTableSlot *slot = w->slot;
+	Datum	   *values = slot->tts_values;
+	bool	   *nulls = slot->tts_isnull;
+	pg_uuid_t  *uuid;
+
+	if (backfill && w->natts < OUTBOX_NATTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s.outbox\" has no column \"backfill\"",
+						STATEHUB_SCHEMA),
+				 errhint("Run ALTER EXTENSION statehub_events UPDATE first.")));
 
 	uuid = palloc(sizeof(pg_uuid_t));
 	memcpy(uuid->data, event_id, UUID_LEN);
+
+	ExecClearTuple(slot);
 
 	/*
 	 * Take an xid before the drain key: the worker's scan cursor relies on
@@ -227,7 +256,7 @@ statehub_outbox_append(const unsigned char *event_id, const char *subject,
 	 * capturing transaction has one already; emit() may not.
 	 */
 	(void) GetCurrentTransactionId();
-	values[OUTBOX_ID] = Int64GetDatum(nextval_internal(seqid, false));
+	values[OUTBOX_ID] = Int64GetDatum(nextval_internal(w->seqid, false));
 	values[OUTBOX_EVENT_ID] = UUIDPGetDatum(uuid);
 	values[OUTBOX_SUBJECT] = CStringGetTextDatum(subject);
 	values[OUTBOX_PAYLOAD] = PointerGetDatum(cstring_to_text_with_len(payload,
@@ -236,11 +265,36 @@ statehub_outbox_append(const unsigned char *event_id, const char *subject,
 	values[OUTBOX_ATTEMPTS] = Int32GetDatum(0);
 	values[OUTBOX_NEXT_ATTEMPT_AT] = (Datum) 0;
 	values[OUTBOX_LAST_ERROR] = (Datum) 0;
-	memset(nulls, false, sizeof(nulls));
+	memset(nulls, false, sizeof(bool) * w->natts);
 	nulls[OUTBOX_NEXT_ATTEMPT_AT] = true;
 	nulls[OUTBOX_LAST_ERROR] = true;
+	if (w->natts > OUTBOX_BACKFILL)
+		values[OUTBOX_BACKFILL] = BoolGetDatum(backfill);
+	ExecStoreVirtualTuple(slot);
 
-	insert_row(rel, values, nulls);
+	ExecSimpleRelationInsert(w->rri, w->estate, slot);
+	ResetPerTupleExprContext(w->estate);
+}
 
-	table_close(rel, NoLock);
+void
+statehub_outbox_close(StatehubOutboxWriter *w)
+{
+	ExecCloseIndices(w->rri);
+	ExecResetTupleTable(w->estate->es_tupleTable, false);
+	FreeExecutorState(w->estate);
+	table_close(w->rel, NoLock);
+	pfree(w);
+}
+
+/* Append one event (see statehub_outbox_write). */
+void
+statehub_outbox_append(const unsigned char *event_id, const char *subject,
+					   const char *payload, int payload_len,
+					   TimestampTz occurred_at, bool backfill)
+{
+	StatehubOutboxWriter *w = statehub_outbox_open();
+
+	statehub_outbox_write(w, event_id, subject, payload, payload_len,
+						  occurred_at, backfill);
+	statehub_outbox_close(w);
 }

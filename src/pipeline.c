@@ -234,13 +234,13 @@ prepare_plans(void)
 	 * from the first row whose payload would take the batch past $3 bytes
 	 * (such rows are not taken, and their payload is not read).
 	 */
-	scan_plan = prepare("SELECT id, event_id, subject, payload, attempts, next_attempt_at,"
+	scan_plan = prepare("SELECT id, event_id, subject, payload, attempts, next_attempt_at, backfill,"
 						"       upto OPERATOR(pg_catalog.-) pg_catalog.octet_length(payload)"
 						"         OPERATOR(pg_catalog.<) $3 AS within"
-						" FROM (SELECT id, event_id, subject, payload, attempts, next_attempt_at,"
+						" FROM (SELECT id, event_id, subject, payload, attempts, next_attempt_at, backfill,"
 						"              pg_catalog.sum(pg_catalog.octet_length(payload))"
 						"                OVER (ORDER BY id ROWS UNBOUNDED PRECEDING) AS upto"
-						"         FROM (SELECT id, event_id, subject, payload, attempts, next_attempt_at"
+						"         FROM (SELECT id, event_id, subject, payload, attempts, next_attempt_at, backfill"
 						"                 FROM statehub_events.outbox"
 						"                WHERE id OPERATOR(pg_catalog.>=) $1 ORDER BY id LIMIT $2) o) s"
 						" ORDER BY id",
@@ -255,7 +255,7 @@ prepare_plans(void)
 					   "  SELECT id FROM statehub_events.outbox"
 					   "   WHERE next_attempt_at OPERATOR(pg_catalog.<=) $3"
 					   "     AND id OPERATOR(pg_catalog.<) $1)"
-					   " SELECT id, event_id, subject, payload, attempts, next_attempt_at"
+					   " SELECT id, event_id, subject, payload, attempts, next_attempt_at, backfill"
 					   " FROM statehub_events.outbox"
 					   " WHERE id IN (SELECT id FROM due ORDER BY id LIMIT $2)"
 					   " ORDER BY id",
@@ -284,13 +284,14 @@ prepare_plans(void)
 							   "  DELETE FROM statehub_events.outbox o USING r"
 							   "   WHERE o.id = r.id"
 							   "  RETURNING o.id, o.event_id, o.subject, o.payload,"
-							   "            o.enqueued_at, r.attempts, r.failed_at, r.reason"
+							   "            o.enqueued_at, r.attempts, r.failed_at, r.reason,"
+							   "            o.backfill"
 							   ")"
 							   " INSERT INTO statehub_events.dead_letter"
 							   "   (id, event_id, subject, payload, enqueued_at,"
-							   "    attempts, failed_at, reason)"
+							   "    attempts, failed_at, reason, backfill)"
 							   " SELECT id, event_id, subject, payload, enqueued_at,"
-							   "        attempts, failed_at, reason FROM gone",
+							   "        attempts, failed_at, reason, backfill FROM gone",
 							   4, dead_types);
 }
 
@@ -727,7 +728,7 @@ scan_batch(int64 from, bool retry_pass, int nskip, TimestampTz now,
 		/* a full batch already: what follows was not seen */
 		if (taken == batch_size ||
 			(i >= ndue &&
-			 !DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull))))
+			 !DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull))))
 		{
 			result = STATEHUB_BATCH_FULL;
 			if (i < ndue)
@@ -777,6 +778,7 @@ scan_batch(int64 from, bool retry_pass, int nskip, TimestampTz now,
 		ev->subject = MemoryContextStrdup(next->cxt, subject);
 		statehub_format_uuid(DatumGetUUIDP(SPI_getbinval(tup, desc, 2, &isnull))->data,
 							 ev->msg_id);
+		ev->backfill = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 		next->n++;
 	}
 	return result;

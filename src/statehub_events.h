@@ -6,7 +6,8 @@
  *		file offers the others.
  *
  * The extension has two halves.  Capture (capture.c, mapping.c,
- * catalog_checks.c, envelope.c, outbox.c) runs inside the writing
+ * catalog_checks.c, envelope.c, outbox.c, and backfill.c for rows that
+ * existed before their declaration) runs inside the writing
  * transaction and only ever appends to statehub_events.outbox.  Delivery (worker.c, nats_client.c)
  * runs in one background worker that drains the outbox into JetStream.
  * shmem.c is the only meeting point of the two: a wake flag and the
@@ -19,8 +20,12 @@
 
 #include "postgres.h"
 
+#include "access/htup.h"
 #include "access/tupdesc.h"
 #include "datatype/timestamp.h"
+#include "lib/stringinfo.h"
+#include "utils/relcache.h"
+#include "utils/reltrigger.h"
 
 /* The schema the extension lives in; fixed, the extension is not relocatable. */
 #define STATEHUB_SCHEMA "statehub_events"
@@ -68,12 +73,47 @@ extern const char *statehub_drained_elsewhere(void);
 extern void statehub_outbox_append(const unsigned char *event_id,
 								   const char *subject,
 								   const char *payload, int payload_len,
-								   TimestampTz occurred_at);
+								   TimestampTz occurred_at, bool backfill);
+
+/* outbox.c: the same for many events, the outbox kept open in between */
+typedef struct StatehubOutboxWriter StatehubOutboxWriter;
+extern StatehubOutboxWriter *statehub_outbox_open(void);
+extern void statehub_outbox_write(StatehubOutboxWriter *w,
+								  const unsigned char *event_id,
+								  const char *subject,
+								  const char *payload, int payload_len,
+								  TimestampTz occurred_at, bool backfill);
+extern void statehub_outbox_close(StatehubOutboxWriter *w);
 
 /* capture.c: arm the commit-time wake-up of the worker */
 extern void statehub_capture_arm_wakeup(void);
 extern void statehub_capture_arm_rescan(void);
 extern void statehub_capture_init(void);
+
+/* capture.c: the envelope of a row, as the capture trigger builds it */
+extern const char *statehub_capture_envelope(StringInfo buf, Trigger *trigger,
+											 Relation rel, HeapTuple tuple,
+											 HeapTuple previous,
+											 const unsigned char *id,
+											 TimestampTz now);
+extern AttrNumber statehub_capture_tracked_column(Trigger *trigger,
+												  Relation rel);
+
+/* mapping.c: what backfill() (backfill.c) needs of a declaration */
+typedef struct StatehubMapping
+{
+	char	   *operation;		/* "insert", "update" or "delete" */
+	char	   *trigger_name;
+	char	   *to_value;		/* update only */
+	char	   *condition;		/* insert only, or NULL */
+} StatehubMapping;
+
+extern void statehub_check_declare_rights(Oid relid, bool declaring);
+extern void statehub_check_condition(const char *condition, const char *what);
+extern bool statehub_mapping_lookup(Relation rel, const char *event_type,
+									StatehubMapping *mapping);
+extern char *statehub_transition_filter(Relation rel, AttrNumber attnum,
+										const char *to_value, Datum *to);
 
 /* worker.c */
 extern void statehub_register_worker(void);

@@ -3,7 +3,7 @@
 #
 # Delivery cases 4 and 5: the worker killed with SIGKILL, and the
 # postmaster stopped in immediate mode, each in the middle of a drain of
-# 20,000 events.  Events whose removal from the outbox did not commit are
+# 50,000 events.  Events whose removal from the outbox did not commit are
 # published again with the same Nats-Msg-Id, so the stream must still hold
 # every committed event exactly once, and in id order: the events after
 # the first one without an answer go out again behind it.
@@ -19,7 +19,9 @@ use PostgreSQL::Test::Utils;
 use StatehubTest;
 use Test::More;
 
-my $n = 20_000;
+# large enough that the kill lands mid-drain: the worker publishes tens of
+# thousands of events a second here, and the test polls, then kills
+my $n = 50_000;
 
 my $nats = StatehubTest::Nats->new('crashes');
 $nats->start;

@@ -1,0 +1,302 @@
+/*-------------------------------------------------------------------------
+ *
+ * backfill.c
+ *		statehub_events.backfill(): queue one event per existing row of a
+ *		declared mapping, for the rows that were there before it.
+ *
+ * A backfilled event is built by the capture trigger's own code
+ * (statehub_capture_envelope in capture.c, from the mapping's capture
+ * trigger), so its attributes are exactly those a live event of the same
+ * row would carry; a transition backfill carries no "previous".  It goes
+ * into the outbox with backfill = true, which the worker publishes as the
+ * header Statehub-Backfill: true.
+ *
+ * Which rows: the table is read by one SELECT, run AS THE CALLER through a
+ * cursor (so the caller's SELECT right, column rights and row security
+ * apply, and nothing runs with raised rights), whose WHERE clause is
+ *
+ *   - for a transition, the tracked column equal to to_value, with the
+ *     type's own equality operator, as the capture trigger's WHEN clause;
+ *   - for an insert mapping with a condition, that condition;
+ *   - and the caller's condition, when given;
+ *
+ * both conditions being single expressions over NEW (checked as the
+ * declaration checks them), and search_path pinned to pg_catalog by the
+ * function's SET clause while they are parsed and run.
+ *
+ * Locks and order: a plain snapshot read.  The table is locked as SELECT
+ * locks it (AccessShareLock) and no row is locked, so no writer waits for a
+ * backfill at all, however many rows it reads.  Each event carries the row
+ * as the backfill's snapshot saw it.  Live events of a row keep their
+ * commit order (the backfill does not touch them); a live change that the
+ * snapshot does not see may reach the stream before or after that row's
+ * backfill event (docs/nats-event-subjects.md says what consumers make of
+ * it; docs/operations.md how to split a large backfill).
+ *
+ * Memory and speed: the cursor fetches BACKFILL_FETCH rows at a time, and
+ * each row's envelope is built in a context reset for the next row, so a
+ * backfill of millions of rows uses the memory of one batch; one outbox
+ * writer (outbox.c) serves all the rows.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "catalog/pg_class.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+
+#include "catalog_checks.h"
+#include "envelope.h"
+#include "statehub_events.h"
+
+PG_FUNCTION_INFO_V1(backfill);
+
+/* Rows fetched from the cursor at a time. */
+#define BACKFILL_FETCH 1000
+
+/*
+ * More events than this in one transaction hold live events back for
+ * seconds once it commits (they drain after it): advise splitting.
+ */
+#define BACKFILL_ADVISE_SPLIT 100000
+
+typedef struct BackfillContext
+{
+	const char *event_type;
+	const char *table;
+} BackfillContext;
+
+static void
+backfill_error_context(void *arg)
+{
+	BackfillContext *ctx = (BackfillContext *) arg;
+
+	errcontext("backfill of event \"%s\" from table \"%s\"",
+			   ctx->event_type, ctx->table);
+}
+
+/*
+ * The capture trigger named by the mapping, copied from the relcache: a
+ * concurrent CREATE TRIGGER on the table (which does not wait for a
+ * SELECT's lock) may rebuild the relcache entry while the backfill runs.
+ */
+static Trigger *
+find_trigger(Relation rel, const char *tgname)
+{
+	TriggerDesc *trigdesc = rel->trigdesc ? CopyTriggerDesc(rel->trigdesc) : NULL;
+	int			i;
+
+	for (i = 0; trigdesc != NULL && i < trigdesc->numtriggers; i++)
+	{
+		if (strcmp(trigdesc->triggers[i].tgname, tgname) == 0)
+			return &trigdesc->triggers[i];
+	}
+	/* the mapping lookup joins pg_trigger: it was there a moment ago */
+	elog(ERROR, "capture trigger \"%s\" of table \"%s\" not found",
+		 tgname, RelationGetRelationName(rel));
+	return NULL;				/* keep compiler quiet */
+}
+
+/*
+ * The SELECT that reads the rows to announce: the whole row of each, as
+ * one composite value of the table's row type (so columns have the
+ * relation's attribute numbers, dropped ones included, as in a trigger's
+ * tuple).  A partitioned table is read with its partitions (their capture
+ * triggers are clones of its trigger), any other without inheritance
+ * children (a trigger does not fire for them).  *nargs is 1 with a
+ * transition's to_value as $1, else 0.
+ */
+static char *
+backfill_query(Relation rel, Trigger *trigger, StatehubMapping *mapping,
+			   const char *condition, Datum *to, Oid *totype, int *nargs)
+{
+	StringInfoData sql;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT new FROM %s%s AS new WHERE true",
+					 rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE ? "" : "ONLY ",
+					 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+												RelationGetRelationName(rel)));
+	*nargs = 0;
+	if (strcmp(mapping->operation, "update") == 0)
+	{
+		AttrNumber	attnum = statehub_capture_tracked_column(trigger, rel);
+		Form_pg_attribute att;
+		char	   *opr;
+
+		if (attnum == InvalidAttrNumber || mapping->to_value == NULL)
+			elog(ERROR, "capture trigger \"%s\" of table \"%s\" tracks no column",
+				 trigger->tgname, RelationGetRelationName(rel));
+		att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
+		opr = statehub_transition_filter(rel, attnum, mapping->to_value, to);
+		*totype = att->atttypid;
+		*nargs = 1;
+		appendStringInfo(&sql, " AND new.%s %s $1",
+						 quote_identifier(NameStr(att->attname)), opr);
+	}
+	/*
+	 * Two parentheses: a checked condition is one expression inside one
+	 * pair, but may open with ")" ('a) OR (b'); inside two it stays whole.
+	 */
+	else if (mapping->condition != NULL)
+		appendStringInfo(&sql, " AND ((\n%s\n))", mapping->condition);
+	if (condition != NULL)
+		appendStringInfo(&sql, " AND ((\n%s\n))", condition);
+	return sql.data;
+}
+
+/*
+ * backfill(tbl regclass, event_type text, condition text DEFAULT NULL)
+ * returns the number of events queued; see the file header.
+ */
+Datum
+backfill(PG_FUNCTION_ARGS)
+{
+	Oid			relid;
+	char	   *event_type;
+	char	   *condition;
+	Relation	rel;
+	StatehubMapping mapping;
+	Trigger    *trigger;
+	char	   *sql;
+	Datum		to = (Datum) 0;
+	Oid			totype = InvalidOid;
+	int			nargs;
+	SPIPlanPtr	plan;
+	Portal		portal;
+	MemoryContext rowcxt;
+	MemoryContext old;
+	StatehubOutboxWriter *outbox;
+	BackfillContext ctx;
+	ErrorContextCallback errcb;
+	int64		queued = 0;
+
+	/* not STRICT: a NULL table or type must be refused, not return NULL */
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("tbl must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("event_type must not be null")));
+	relid = PG_GETARG_OID(0);
+	event_type = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	condition = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
+
+	statehub_check_event_type(event_type);
+
+	/* the rights to declare events on the table, before any lock */
+	statehub_check_declare_rights(relid, true);
+	if (condition != NULL)
+		statehub_check_condition(condition, "condition of the backfill");
+
+	/* the lock the SELECT takes anyway: no writer waits for it */
+	rel = relation_open(relid, AccessShareLock);
+	rowcxt = AllocSetContextCreate(CurrentMemoryContext,
+								   "statehub_events backfill row",
+								   ALLOCSET_DEFAULT_SIZES);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+
+	if (!statehub_mapping_lookup(rel, event_type, &mapping))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("event type \"%s\" is not declared on table \"%s\"",
+						event_type, RelationGetRelationName(rel)),
+				 errhint("Declare it with statehub_events.track_insert or track_transition first; the mappings view lists the declarations.")));
+	if (strcmp(mapping.operation, "delete") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot backfill event \"%s\" of table \"%s\"",
+						event_type, RelationGetRelationName(rel)),
+				 errdetail("It is declared by track_delete: it announces rows that are gone, and no existing row is one.")));
+
+	trigger = find_trigger(rel, mapping.trigger_name);
+
+	ctx.event_type = event_type;
+	ctx.table = RelationGetRelationName(rel);
+	errcb.callback = backfill_error_context;
+	errcb.arg = &ctx;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+
+	sql = backfill_query(rel, trigger, &mapping, condition, &to, &totype,
+						 &nargs);
+	plan = SPI_prepare(sql, nargs, &totype);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	portal = SPI_cursor_open(NULL, plan, &to, NULL, false);
+	outbox = statehub_outbox_open();
+
+	for (;;)
+	{
+		uint64		i;
+
+		SPI_cursor_fetch(portal, true, BACKFILL_FETCH);
+		if (SPI_processed == 0)
+			break;
+		for (i = 0; i < SPI_processed; i++)
+		{
+			HeapTupleData tuple;
+			HeapTupleHeader row;
+			bool		isnull;
+			Datum		value;
+			unsigned char id[STATEHUB_UUID_LEN];
+			TimestampTz now;
+			StringInfoData buf;
+
+			value = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+								  1, &isnull);
+			Assert(!isnull);
+
+			old = MemoryContextSwitchTo(rowcxt);
+			row = DatumGetHeapTupleHeader(value);
+			tuple.t_len = HeapTupleHeaderGetDatumLength(row);
+			ItemPointerSetInvalid(&tuple.t_self);
+			tuple.t_tableOid = relid;
+			tuple.t_data = row;
+
+			now = GetCurrentTimestamp();
+			statehub_new_event_id(id);
+			initStringInfo(&buf);
+			(void) statehub_capture_envelope(&buf, trigger, rel, &tuple, NULL,
+											 id, now);
+			statehub_outbox_write(outbox, id, event_type, buf.data, buf.len,
+								  now, true);
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(rowcxt);
+			queued++;
+		}
+		SPI_freetuptable(SPI_tuptable);
+		CHECK_FOR_INTERRUPTS();
+	}
+	statehub_outbox_close(outbox);
+	SPI_cursor_close(portal);
+	error_context_stack = errcb.previous;
+
+	SPI_finish();
+	MemoryContextDelete(rowcxt);
+	relation_close(rel, NoLock);
+
+	if (queued > 0)
+		statehub_capture_arm_wakeup();
+	if (queued > BACKFILL_ADVISE_SPLIT)
+		ereport(NOTICE,
+				(errmsg("backfill queued %lld events of \"%s\" in one transaction",
+						(long long) queued, event_type),
+				 errdetail("Events committed after it are delivered after all of them."),
+				 errhint("Split large backfills by key range with condition, each range in its own transaction; see docs/operations.md.")));
+	PG_RETURN_INT64(queued);
+}
