@@ -379,3 +379,40 @@ BEGIN
     RETURN moved;
 END
 $$;
+
+-- Row movement (issue 12, item 1): transitions of rows moved to another partition
+-- ---------------------------------------------------------------------------
+
+/*
+ * An UPDATE moving a row to another partition fires no UPDATE trigger, so a
+ * transition it makes is published by the table's row-move trigger
+ * (capture() with the one argument 'row moved', AFTER INSERT OR DELETE).
+ * track_transition makes it on a partitioned table and untrack drops it
+ * with the last transition; here the tables declared before 1.2 get it.
+ */
+DO $row_moved$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN
+        SELECT DISTINCT n.nspname, c.relname
+          FROM statehub_events.mapping m
+          JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) m.table_name::pg_catalog.oid
+          JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+         WHERE m.operation OPERATOR(pg_catalog.=) 'update'
+           AND c.relkind OPERATOR(pg_catalog.=) 'p'
+           -- its own (not a clone), known by what it runs: capture('row moved')
+           AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger g
+                            WHERE g.tgrelid OPERATOR(pg_catalog.=) c.oid
+                              AND g.tgparentid OPERATOR(pg_catalog.=) 0
+                              AND g.tgfoid OPERATOR(pg_catalog.=) 'statehub_events.capture()'::pg_catalog.regprocedure
+                              AND g.tgargs OPERATOR(pg_catalog.=) '\x726f77206d6f76656400'::pg_catalog.bytea)
+    LOOP
+        EXECUTE pg_catalog.format(
+            'CREATE TRIGGER %I AFTER INSERT OR DELETE ON %I.%I FOR EACH ROW'
+            ' EXECUTE FUNCTION statehub_events.capture(%L)',
+            'statehub_events:row moved:' OPERATOR(pg_catalog.||) t.relname,
+            t.nspname, t.relname, 'row moved');
+    END LOOP;
+END
+$row_moved$;
