@@ -288,6 +288,51 @@ SELECT statehub_events.migrate_capture_triggers();
 DROP FUNCTION statehub_events.migrate_capture_triggers();
 
 -- ---------------------------------------------------------------------------
+-- Mapping fidelity through ALTER TYPE and type changes (issue 12, review)
+-- ---------------------------------------------------------------------------
+
+/*
+ * ALTER TYPE ... RENAME / ADD / DROP ATTRIBUTE ... CASCADE changes the
+ * columns of every table typed with the type: the same rules as ALTER
+ * TABLE apply to each (src/mapping_upkeep.c).
+ */
+CREATE EVENT TRIGGER statehub_events_follow_attribute_renames ON ddl_command_end
+    WHEN TAG IN ('ALTER TYPE')
+    EXECUTE FUNCTION statehub_events.follow_column_renames();
+
+COMMENT ON EVENT TRIGGER statehub_events_follow_attribute_renames IS
+'Keeps the keys of declared events fixed through ALTER TYPE ... CASCADE on the tables typed with it.';
+
+CREATE EVENT TRIGGER statehub_events_refuse_dropping_attributes ON sql_drop
+    WHEN TAG IN ('ALTER TYPE')
+    EXECUTE FUNCTION statehub_events.refuse_dropping_attribute_columns();
+
+COMMENT ON EVENT TRIGGER statehub_events_refuse_dropping_attributes IS
+'Refuses ALTER TYPE ... DROP ATTRIBUTE ... CASCADE of a column a declared event publishes.';
+
+/*
+ * Changing the type of a published column is refused when its JSON form
+ * would change (a number becoming a string...).  Checked before the
+ * command runs, while the old type is there to compare.
+ */
+CREATE FUNCTION statehub_events.refuse_retyping_attribute_columns()
+RETURNS pg_catalog.event_trigger
+AS 'MODULE_PATHNAME', 'refuse_retyping_attribute_columns'
+LANGUAGE C;
+
+COMMENT ON FUNCTION statehub_events.refuse_retyping_attribute_columns() IS
+'Event trigger function: refuses to change the JSON form of a column that a declared event publishes.';
+
+REVOKE ALL ON FUNCTION statehub_events.refuse_retyping_attribute_columns() FROM PUBLIC;
+
+CREATE EVENT TRIGGER statehub_events_refuse_retyping_attribute_columns ON ddl_command_start
+    WHEN TAG IN ('ALTER TABLE', 'ALTER TYPE')
+    EXECUTE FUNCTION statehub_events.refuse_retyping_attribute_columns();
+
+COMMENT ON EVENT TRIGGER statehub_events_refuse_retyping_attribute_columns IS
+'Refuses ALTER COLUMN ... TYPE of a column a declared event publishes when its JSON form would change.';
+
+-- ---------------------------------------------------------------------------
 -- Backfill (1.2, issue 11): events for the rows that existed before their
 -- declaration, flagged in the queue and on the wire
 -- ---------------------------------------------------------------------------

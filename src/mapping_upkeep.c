@@ -39,6 +39,7 @@
 #include "access/table.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_trigger.h"
 #include "commands/event_trigger.h"
@@ -47,18 +48,22 @@
 #include "funcapi.h"
 #include "nodes/parsenodes.h"
 #include "parser/parse_func.h"
+#include "parser/parse_type.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
 #include "utils/rel.h"
 
 #include "catalog_checks.h"
+#include "envelope.h"
 #include "statehub_events.h"
 
 PG_FUNCTION_INFO_V1(follow_column_renames);
 PG_FUNCTION_INFO_V1(refuse_dropping_attribute_columns);
+PG_FUNCTION_INFO_V1(refuse_retyping_attribute_columns);
 PG_FUNCTION_INFO_V1(migrate_capture_triggers);
 PG_FUNCTION_INFO_V1(capture_arguments);
 
@@ -343,9 +348,59 @@ check_new_columns(Relation tgrel, HeapTuple tup, void *arg)
 }
 
 /*
- * Event trigger at ddl_command_end of ALTER TABLE: a renamed column is
- * renamed in the capture triggers of the table and of its partitions; a
- * column added where all columns are published must not repeat a key.
+ * The tables a column change of relid reaches: a table and its partitions
+ * (and inheritance children), or, for a composite type changed with
+ * ALTER TYPE ... CASCADE, every table typed with it and their partitions.
+ * Each may carry declarations of its own.
+ */
+static List *
+reached_tables(Oid relid)
+{
+	Relation	classrel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	List	   *result = NIL;
+
+	if (get_rel_relkind(relid) != RELKIND_COMPOSITE_TYPE)
+		return find_all_inheritors(relid, NoLock, NULL);
+
+	/* pg_class has no index on reloftype (tablecmds.c scans it too) */
+	classrel = table_open(RelationRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_class_reloftype, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(get_rel_type_id(relid)));
+	scan = systable_beginscan(classrel, InvalidOid, false, NULL, 1, &key);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+		result = list_concat_unique_oid(result,
+										find_all_inheritors(((Form_pg_class) GETSTRUCT(tup))->oid,
+															NoLock, NULL));
+	systable_endscan(scan);
+	table_close(classrel, AccessShareLock);
+	return result;
+}
+
+/* check_new_columns on every table a command on relid reached. */
+static void
+check_new_columns_reached(Oid relid)
+{
+	ListCell   *lc;
+
+	foreach(lc, reached_tables(relid))
+	{
+		/* the command holds its lock on each */
+		Relation	rel = relation_open(lfirst_oid(lc), NoLock);
+
+		visit_capture_triggers(RelationGetRelid(rel), check_new_columns, rel);
+		relation_close(rel, NoLock);
+	}
+}
+
+/*
+ * Event trigger at ddl_command_end of ALTER TABLE and ALTER TYPE: a
+ * renamed column (or attribute of a type tables are typed with) is renamed
+ * in the capture triggers of every table the command reached; a column
+ * added where all columns are published must not repeat a key, on any of
+ * them (a declaration on a partition included).
  */
 Datum
 follow_column_renames(PG_FUNCTION_ARGS)
@@ -361,7 +416,8 @@ follow_column_renames(PG_FUNCTION_ARGS)
 				 errmsg("function \"follow_column_renames\" was not called by event trigger manager")));
 	parsetree = trigdata->parsetree;
 	if (IsA(parsetree, RenameStmt) &&
-		((RenameStmt *) parsetree)->renameType == OBJECT_COLUMN)
+		(((RenameStmt *) parsetree)->renameType == OBJECT_COLUMN ||
+		 ((RenameStmt *) parsetree)->renameType == OBJECT_ATTRIBUTE))
 		relation = ((RenameStmt *) parsetree)->relation;
 	else if (IsA(parsetree, AlterTableStmt))
 		relation = ((AlterTableStmt *) parsetree)->relation;
@@ -378,16 +434,11 @@ follow_column_renames(PG_FUNCTION_ARGS)
 		const char *renamed[2] = {stmt->subname, stmt->newname};
 		ListCell   *lc;
 
-		foreach(lc, find_all_inheritors(relid, NoLock, NULL))
+		foreach(lc, reached_tables(relid))
 			visit_capture_triggers(lfirst_oid(lc), rename_in_trigger, renamed);
 	}
 	else
-	{
-		Relation	rel = relation_open(relid, NoLock);
-
-		visit_capture_triggers(relid, check_new_columns, rel);
-		relation_close(rel, NoLock);
-	}
+		check_new_columns_reached(relid);
 	CommandCounterIncrement();
 	PG_RETURN_VOID();
 }
@@ -417,6 +468,30 @@ check_dropped_column(Relation tgrel, HeapTuple tup, void *arg)
 					 errdetail("The event carries the column under the key \"%s\".",
 							   parsed.keys[i]),
 					 errhint("Declare the event again without it (or untrack it) first.")));
+	}
+}
+
+/*
+ * check_dropped_column on the table a column was dropped from, or, for an
+ * attribute of a composite type (ALTER TYPE ... DROP ATTRIBUTE ...
+ * CASCADE), on every table typed with it.
+ */
+static void
+check_dropped_column_reached(Oid relid, DroppedColumn *dropped)
+{
+	ListCell   *lc;
+
+	if (get_rel_relkind(relid) != RELKIND_COMPOSITE_TYPE)
+	{
+		visit_capture_triggers(relid, check_dropped_column, dropped);
+		return;
+	}
+	foreach(lc, reached_tables(relid))
+	{
+		DroppedColumn typed = *dropped;
+
+		typed.table = get_rel_name(lfirst_oid(lc));
+		visit_capture_triggers(lfirst_oid(lc), check_dropped_column, &typed);
 	}
 }
 
@@ -452,9 +527,139 @@ refuse_dropping_attribute_columns(PG_FUNCTION_ARGS)
 		dropped.table = get_rel_name(relid);
 		dropped.column = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
 		if (dropped.table != NULL && dropped.column != NULL)
-			visit_capture_triggers(relid, check_dropped_column, &dropped);
+			check_dropped_column_reached(relid, &dropped);
 	}
 	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/*
+ * Whether values of type oldtype and newtype are published alike: the
+ * same type (a typmod or domain change), or both numbers, both strings or
+ * both booleans in JSON.  Anything else (a number that becomes a string,
+ * a date that becomes text, arrays and composites of another element)
+ * changes what consumers receive.
+ */
+static bool
+json_rendering_kept(Oid oldtype, Oid newtype)
+{
+	Oid			oldbase = getBaseType(oldtype);
+	Oid			newbase = getBaseType(newtype);
+	Oid			funcoid;
+	StatehubJsonKind kind;
+
+	if (oldbase == newbase)
+		return true;
+	kind = statehub_json_kind(oldbase, &funcoid);
+	if (kind != statehub_json_kind(newbase, &funcoid))
+		return false;
+	return kind == STATEHUB_JSON_NUMBER || kind == STATEHUB_JSON_STRING ||
+		kind == STATEHUB_JSON_BOOL;
+}
+
+/* A column about to change its type, and the type it gets. */
+typedef struct RetypedColumn
+{
+	const char *table;
+	const char *column;
+	const char *newtype;
+} RetypedColumn;
+
+/* Raise the ERROR when a trigger publishes the retyped column. */
+static void
+check_retyped_column(Relation tgrel, HeapTuple tup, void *arg)
+{
+	RetypedColumn *retyped = (RetypedColumn *) arg;
+	StatehubCaptureArgs parsed;
+
+	if (!decode_trigger(tgrel, tup, &parsed, NULL))
+		return;
+	for (int i = 0; i < parsed.npairs; i++)
+	{
+		if (strcmp(parsed.columns[i], retyped->column) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+					 errmsg("cannot alter type of column \"%s\" of table \"%s\" because event \"%s\" publishes it",
+							retyped->column, retyped->table, parsed.event_type),
+					 errdetail("The event carries the column under the key \"%s\"; as %s its value would change its JSON form.",
+							   parsed.keys[i], retyped->newtype),
+					 errhint("Declare the event again without it (or untrack it) first.")));
+	}
+}
+
+/*
+ * Check one ALTER COLUMN ... TYPE (or ALTER ATTRIBUTE ... TYPE) against
+ * the declarations of every table it reaches.
+ */
+static void
+check_retyped_reached(Oid relid, AlterTableCmd *cmd)
+{
+	ColumnDef  *def = (ColumnDef *) cmd->def;
+	Type		newtype;
+	Oid			newtypoid;
+	int32		typmod;
+	ListCell   *lc;
+
+	/* an unknown type: the command fails on its own */
+	newtype = LookupTypeName(NULL, def->typeName, &typmod, true);
+	if (newtype == NULL)
+		return;
+	newtypoid = typeTypeId(newtype);
+	ReleaseSysCache(newtype);
+	/* without CASCADE, ALTER TYPE refuses typed tables itself */
+	if (get_rel_relkind(relid) == RELKIND_COMPOSITE_TYPE &&
+		cmd->behavior != DROP_CASCADE)
+		return;
+
+	foreach(lc, reached_tables(relid))
+	{
+		Oid			tableoid = lfirst_oid(lc);
+		AttrNumber	attnum = get_attnum(tableoid, cmd->name);
+		RetypedColumn retyped;
+
+		if (attnum == InvalidAttrNumber ||
+			json_rendering_kept(get_atttype(tableoid, attnum), newtypoid))
+			continue;
+		retyped.table = get_rel_name(tableoid);
+		retyped.column = cmd->name;
+		retyped.newtype = format_type_be(newtypoid);
+		visit_capture_triggers(tableoid, check_retyped_column, &retyped);
+	}
+}
+
+/*
+ * Event trigger at ddl_command_start of ALTER TABLE and ALTER TYPE: refuse
+ * to change the type of a column a declared event publishes when its JSON
+ * form would change (issue 12: "12.50" would become 12.50 in the events).
+ * It runs before the command, while the old type is still there to compare;
+ * the command takes its locks after it, so a concurrent declaration may
+ * slip by (as with any check made at ddl_command_start).
+ */
+Datum
+refuse_retyping_attribute_columns(PG_FUNCTION_ARGS)
+{
+	EventTriggerData *trigdata = (EventTriggerData *) fcinfo->context;
+	AlterTableStmt *stmt;
+	Oid			relid;
+	ListCell   *lc;
+
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"refuse_retyping_attribute_columns\" was not called by event trigger manager")));
+	if (!IsA(trigdata->parsetree, AlterTableStmt))
+		PG_RETURN_VOID();
+	stmt = (AlterTableStmt *) trigdata->parsetree;
+	relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+	if (!OidIsValid(relid))
+		PG_RETURN_VOID();
+	foreach(lc, stmt->cmds)
+	{
+		AlterTableCmd *cmd = lfirst_node(AlterTableCmd, lc);
+
+		if (cmd->subtype == AT_AlterColumnType)
+			check_retyped_reached(relid, cmd);
+	}
 	PG_RETURN_VOID();
 }
 
