@@ -65,5 +65,14 @@ ALTER TABLE md_log ADD COLUMN extra integer;
 SELECT event_type, attribute_keys, attribute_columns
   FROM statehub_events.mappings WHERE table_name = 'md_log_2026'::regclass;
 
-DROP TABLE md_typed, md_price, md_log;
+-- declaring an all-columns event again after a rename changes its keys:
+-- the NOTICE shows both lists (and none when they stay)
+CREATE TABLE md_keys (id integer PRIMARY KEY, note text);
+SELECT statehub_events.track_insert('md_keys', 'org.statehub.md.keys');
+ALTER TABLE md_keys RENAME COLUMN note TO remark;
+SELECT statehub_events.track_insert('md_keys', 'org.statehub.md.keys');
+SELECT statehub_events.track_insert('md_keys', 'org.statehub.md.keys');
+SELECT statehub_events.track_insert('md_keys', 'org.statehub.md.keys', '{id}');
+
+DROP TABLE md_typed, md_price, md_log, md_keys;
 DROP TYPE md_ct;
