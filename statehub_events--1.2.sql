@@ -720,6 +720,44 @@ CREATE EVENT TRIGGER statehub_events_refuse_retyping_attribute_columns ON ddl_co
 COMMENT ON EVENT TRIGGER statehub_events_refuse_retyping_attribute_columns IS
 'Refuses ALTER COLUMN ... TYPE of a column a declared event publishes when its JSON form would change.';
 
+/*
+ * After ALTER TYPE ... RENAME VALUE, a transition on an enum column fires
+ * on the new label (its WHEN clause holds the label's oid): the mappings
+ * view shows from_value and to_value as the trigger compares them.
+ */
+CREATE FUNCTION statehub_events.transition_values(trigger_oid pg_catalog.oid,
+    OUT from_value pg_catalog.text,
+    OUT to_value pg_catalog.text)
+RETURNS record
+AS 'MODULE_PATHNAME', 'transition_values'
+LANGUAGE C STABLE STRICT;
+
+COMMENT ON FUNCTION statehub_events.transition_values(pg_catalog.oid) IS
+'The enum labels a transition trigger compares with, as they read now (NULL for other types); read them through the mappings view.';
+
+CREATE OR REPLACE VIEW statehub_events.mappings AS
+SELECT m.table_name,
+       m.event_type,
+       m.operation,
+       a.column_name::pg_catalog.name COLLATE pg_catalog."C" AS column_name,
+       COALESCE(v.from_value, m.from_value) AS from_value,
+       COALESCE(v.to_value, m.to_value) AS to_value,
+       m.attributes,
+       m.condition,
+       a.column_key,
+       a.attribute_keys,
+       a.attribute_columns
+  FROM statehub_events.mapping m
+  JOIN pg_catalog.pg_trigger t
+    ON t.tgrelid = m.table_name::pg_catalog.oid
+   AND t.tgname = m.trigger_name
+ CROSS JOIN LATERAL statehub_events.capture_arguments(t.oid) a
+ CROSS JOIN LATERAL statehub_events.transition_values(t.oid) v
+ ORDER BY m.table_name::pg_catalog.text, m.event_type;
+
+COMMENT ON COLUMN statehub_events.mappings.from_value IS 'The previous value a transition requires (NULL: any), as its trigger compares it now (an enum label renamed since the declaration reads renamed).';
+COMMENT ON COLUMN statehub_events.mappings.to_value IS 'The value a transition fires on, as its trigger compares it now (an enum label renamed since the declaration reads renamed).';
+
 -- ---------------------------------------------------------------------------
 -- Backfill (1.2, issue 11): events for the rows that existed before their
 -- declaration, flagged in the queue and on the wire

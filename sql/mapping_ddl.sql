@@ -74,5 +74,22 @@ SELECT statehub_events.track_insert('md_keys', 'org.statehub.md.keys');
 SELECT statehub_events.track_insert('md_keys', 'org.statehub.md.keys');
 SELECT statehub_events.track_insert('md_keys', 'org.statehub.md.keys', '{id}');
 
-DROP TABLE md_typed, md_price, md_log, md_keys;
-DROP TYPE md_ct;
+-- a renamed enum label: the trigger fires on the new label, and mappings
+-- shows the values as the trigger compares them
+CREATE TYPE md_st AS ENUM ('active', 'completed');
+CREATE TABLE md_ws (id integer PRIMARY KEY, st md_st, note text);
+SELECT statehub_events.track_transition('md_ws', 'st', 'completed', 'org.statehub.md.ws-done',
+                                        from_value => 'active', attributes => '{id}');
+SELECT statehub_events.track_transition('md_ws', 'note', 'x', 'org.statehub.md.ws-noted',
+                                        from_value => 'y', attributes => '{id}');
+ALTER TYPE md_st RENAME VALUE 'completed' TO 'archived';
+ALTER TYPE md_st RENAME VALUE 'active' TO 'live';
+SELECT event_type, column_name, from_value, to_value
+  FROM statehub_events.mappings WHERE table_name = 'md_ws'::regclass ORDER BY 1;
+INSERT INTO md_ws VALUES (1, 'live', 'y');
+UPDATE md_ws SET st = 'archived', note = 'x';
+SELECT subject, payload FROM show_events();
+SELECT clear_events();
+
+DROP TABLE md_typed, md_price, md_log, md_keys, md_ws;
+DROP TYPE md_ct, md_st;

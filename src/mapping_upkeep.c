@@ -47,6 +47,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "nodes/parsenodes.h"
+#include "nodes/readfuncs.h"
 #include "parser/parse_func.h"
 #include "parser/parse_type.h"
 #include "utils/array.h"
@@ -66,6 +67,7 @@ PG_FUNCTION_INFO_V1(refuse_dropping_attribute_columns);
 PG_FUNCTION_INFO_V1(refuse_retyping_attribute_columns);
 PG_FUNCTION_INFO_V1(migrate_capture_triggers);
 PG_FUNCTION_INFO_V1(capture_arguments);
+PG_FUNCTION_INFO_V1(transition_values);
 
 /* A capture trigger's arguments, as they are about to be written back. */
 typedef struct ArgList
@@ -777,6 +779,84 @@ capture_arguments(PG_FUNCTION_ARGS)
 		values[3] = PointerGetDatum(construct_array(columns, parsed.npairs, TEXTOID,
 													-1, false, TYPALIGN_INT));
 		nulls[2] = nulls[3] = false;
+	}
+	systable_endscan(scan);
+	table_close(tgrel, AccessShareLock);
+
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/* The enum label a transition trigger compares with, or NULL. */
+static char *
+compared_label(Node *qual, int varno, AttrNumber attnum)
+{
+	Const	   *c = statehub_transition_constant(qual, varno, attnum);
+	Oid			outfunc;
+	bool		isvarlena;
+
+	if (c == NULL || !type_is_enum(getBaseType(c->consttype)))
+		return NULL;
+	getTypeOutputInfo(c->consttype, &outfunc, &isvarlena);
+	return OidOutputFunctionCall(outfunc, c->constvalue);
+}
+
+/*
+ * transition_values(trigger oid): the from_value and to_value a transition
+ * trigger's WHEN clause compares with, when they are enum labels, as they
+ * read now.  The clause holds the label's oid: after ALTER TYPE ... RENAME
+ * VALUE the trigger fires on the new label while the mapping keeps the
+ * declared text.  Other types read as declared (the clause holds the value
+ * converted at declaration, and the declared text shows it without the
+ * caller's DateStyle): NULLs, and the mappings view shows the declaration.
+ */
+Datum
+transition_values(PG_FUNCTION_ARGS)
+{
+	Oid			tgoid = PG_GETARG_OID(0);
+	TupleDesc	tupdesc;
+	Datum		values[2] = {0};
+	bool		nulls[2] = {true, true};
+	Relation	tgrel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+
+	tgrel = table_open(TriggerRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_trigger_oid, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(tgoid));
+	scan = systable_beginscan(tgrel, TriggerOidIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup) &&
+		((Form_pg_trigger) GETSTRUCT(tup))->tgfoid == capture_function_oid())
+	{
+		Form_pg_trigger trig = (Form_pg_trigger) GETSTRUCT(tup);
+		StatehubCaptureArgs parsed;
+		bool		isnull;
+		Datum		qual = heap_getattr(tup, Anum_pg_trigger_tgqual,
+										RelationGetDescr(tgrel), &isnull);
+
+		if (!isnull && decode_trigger(tgrel, tup, &parsed, NULL) &&
+			parsed.tracked_column != NULL)
+		{
+			AttrNumber	attnum = get_attnum(trig->tgrelid, parsed.tracked_column);
+			Node	   *expr = stringToNode(TextDatumGetCString(qual));
+			char	   *from = compared_label(expr, PRS2_OLD_VARNO, attnum);
+			char	   *to = compared_label(expr, PRS2_NEW_VARNO, attnum);
+
+			if (from != NULL)
+			{
+				values[0] = CStringGetTextDatum(from);
+				nulls[0] = false;
+			}
+			if (to != NULL)
+			{
+				values[1] = CStringGetTextDatum(to);
+				nulls[1] = false;
+			}
+		}
 	}
 	systable_endscan(scan);
 	table_close(tgrel, AccessShareLock);
