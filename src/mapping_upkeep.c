@@ -445,55 +445,69 @@ follow_column_renames(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* Raise the ERROR when a trigger publishes the dropped column. */
-typedef struct DroppedColumn
+/*
+ * A column about to be dropped (newtype NULL) or to change its type to
+ * newtype, on table.
+ */
+typedef struct ChangedColumn
 {
 	const char *table;
 	const char *column;
-} DroppedColumn;
+	const char *newtype;
+} ChangedColumn;
 
+/* Raise the ERROR when a trigger publishes the changed column. */
 static void
-check_dropped_column(Relation tgrel, HeapTuple tup, void *arg)
+check_changed_column(Relation tgrel, HeapTuple tup, void *arg)
 {
-	DroppedColumn *dropped = (DroppedColumn *) arg;
+	ChangedColumn *changed = (ChangedColumn *) arg;
 	StatehubCaptureArgs parsed;
 
 	if (!decode_trigger(tgrel, tup, &parsed, NULL))
 		return;
 	for (int i = 0; i < parsed.npairs; i++)
 	{
-		if (strcmp(parsed.columns[i], dropped->column) == 0)
+		if (strcmp(parsed.columns[i], changed->column) != 0)
+			continue;
+		if (changed->newtype == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
 					 errmsg("cannot drop column \"%s\" of table \"%s\" because event \"%s\" publishes it",
-							dropped->column, dropped->table, parsed.event_type),
+							changed->column, changed->table, parsed.event_type),
 					 errdetail("The event carries the column under the key \"%s\".",
 							   parsed.keys[i]),
 					 errhint("Declare the event again without it (or untrack it) first.")));
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("cannot alter type of column \"%s\" of table \"%s\" because event \"%s\" publishes it",
+						changed->column, changed->table, parsed.event_type),
+				 errdetail("The event carries the column under the key \"%s\"; as %s its value would change its JSON form.",
+						   parsed.keys[i], changed->newtype),
+				 errhint("Declare the event again without it (or untrack it) first.")));
 	}
 }
 
 /*
- * check_dropped_column on the table a column was dropped from, or, for an
+ * check_changed_column on the table a column was dropped from, or, for an
  * attribute of a composite type (ALTER TYPE ... DROP ATTRIBUTE ...
  * CASCADE), on every table typed with it.
  */
 static void
-check_dropped_column_reached(Oid relid, DroppedColumn *dropped)
+check_dropped_column_reached(Oid relid, ChangedColumn *dropped)
 {
 	ListCell   *lc;
 
 	if (get_rel_relkind(relid) != RELKIND_COMPOSITE_TYPE)
 	{
-		visit_capture_triggers(relid, check_dropped_column, dropped);
+		visit_capture_triggers(relid, check_changed_column, dropped);
 		return;
 	}
 	foreach(lc, reached_tables(relid))
 	{
-		DroppedColumn typed = *dropped;
+		ChangedColumn typed = *dropped;
 
 		typed.table = get_rel_name(lfirst_oid(lc));
-		visit_capture_triggers(lfirst_oid(lc), check_dropped_column, &typed);
+		visit_capture_triggers(lfirst_oid(lc), check_changed_column, &typed);
 	}
 }
 
@@ -524,7 +538,7 @@ refuse_dropping_attribute_columns(PG_FUNCTION_ARGS)
 		Oid			relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
 														   SPI_tuptable->tupdesc,
 														   1, &isnull));
-		DroppedColumn dropped;
+		ChangedColumn dropped = {0};
 
 		dropped.table = get_rel_name(relid);
 		dropped.column = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
@@ -559,36 +573,6 @@ json_rendering_kept(Oid oldtype, Oid newtype)
 		kind == STATEHUB_JSON_BOOL;
 }
 
-/* A column about to change its type, and the type it gets. */
-typedef struct RetypedColumn
-{
-	const char *table;
-	const char *column;
-	const char *newtype;
-} RetypedColumn;
-
-/* Raise the ERROR when a trigger publishes the retyped column. */
-static void
-check_retyped_column(Relation tgrel, HeapTuple tup, void *arg)
-{
-	RetypedColumn *retyped = (RetypedColumn *) arg;
-	StatehubCaptureArgs parsed;
-
-	if (!decode_trigger(tgrel, tup, &parsed, NULL))
-		return;
-	for (int i = 0; i < parsed.npairs; i++)
-	{
-		if (strcmp(parsed.columns[i], retyped->column) == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
-					 errmsg("cannot alter type of column \"%s\" of table \"%s\" because event \"%s\" publishes it",
-							retyped->column, retyped->table, parsed.event_type),
-					 errdetail("The event carries the column under the key \"%s\"; as %s its value would change its JSON form.",
-							   parsed.keys[i], retyped->newtype),
-					 errhint("Declare the event again without it (or untrack it) first.")));
-	}
-}
-
 /*
  * Check one ALTER COLUMN ... TYPE (or ALTER ATTRIBUTE ... TYPE) against
  * the declarations of every table it reaches.
@@ -617,7 +601,7 @@ check_retyped_reached(Oid relid, AlterTableCmd *cmd)
 	{
 		Oid			tableoid = lfirst_oid(lc);
 		AttrNumber	attnum = get_attnum(tableoid, cmd->name);
-		RetypedColumn retyped;
+		ChangedColumn retyped;
 
 		if (attnum == InvalidAttrNumber ||
 			json_rendering_kept(get_atttype(tableoid, attnum), newtypoid))
@@ -625,7 +609,7 @@ check_retyped_reached(Oid relid, AlterTableCmd *cmd)
 		retyped.table = get_rel_name(tableoid);
 		retyped.column = cmd->name;
 		retyped.newtype = format_type_be(newtypoid);
-		visit_capture_triggers(tableoid, check_retyped_column, &retyped);
+		visit_capture_triggers(tableoid, check_changed_column, &retyped);
 	}
 }
 
@@ -727,18 +711,24 @@ migrate_capture_triggers(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/* One row of a function's result, being filled. */
+typedef struct ResultRow
+{
+	Datum	   *values;
+	bool	   *nulls;
+} ResultRow;
+
 /*
- * capture_arguments(trigger oid): what a capture trigger publishes, for the
- * mappings view: the tracked column's key and column, and the attribute
- * keys and the column each is read from now.  NULLs for other triggers.
+ * The result row of a function of a trigger oid (its first argument):
+ * fill is called on the trigger's pg_trigger row when it is a capture
+ * trigger; the columns it leaves are NULL.
  */
-Datum
-capture_arguments(PG_FUNCTION_ARGS)
+static Datum
+capture_trigger_row(FunctionCallInfo fcinfo, TriggerVisitor fill)
 {
 	Oid			tgoid = PG_GETARG_OID(0);
 	TupleDesc	tupdesc;
-	Datum		values[4] = {0};
-	bool		nulls[4] = {true, true, true, true};
+	ResultRow	row;
 	Relation	tgrel;
 	ScanKeyData key;
 	SysScanDesc scan;
@@ -746,6 +736,9 @@ capture_arguments(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
+	row.values = palloc0(sizeof(Datum) * tupdesc->natts);
+	row.nulls = palloc(sizeof(bool) * tupdesc->natts);
+	memset(row.nulls, true, sizeof(bool) * tupdesc->natts);
 
 	tgrel = table_open(TriggerRelationId, AccessShareLock);
 	ScanKeyInit(&key, Anum_pg_trigger_oid, BTEqualStrategyNumber,
@@ -754,36 +747,53 @@ capture_arguments(PG_FUNCTION_ARGS)
 	tup = systable_getnext(scan);
 	if (HeapTupleIsValid(tup) &&
 		((Form_pg_trigger) GETSTRUCT(tup))->tgfoid == capture_function_oid())
-	{
-		StatehubCaptureArgs parsed;
-		Datum	   *keys;
-		Datum	   *columns;
-
-		if (!decode_trigger(tgrel, tup, &parsed, NULL))
-			memset(&parsed, 0, sizeof(parsed));
-		if (parsed.tracked_column != NULL)
-		{
-			values[0] = CStringGetTextDatum(parsed.tracked_key);
-			values[1] = CStringGetTextDatum(parsed.tracked_column);
-			nulls[0] = nulls[1] = false;
-		}
-		keys = palloc(sizeof(Datum) * Max(parsed.npairs, 1));
-		columns = palloc(sizeof(Datum) * Max(parsed.npairs, 1));
-		for (int i = 0; i < parsed.npairs; i++)
-		{
-			keys[i] = CStringGetTextDatum(parsed.keys[i]);
-			columns[i] = CStringGetTextDatum(parsed.columns[i]);
-		}
-		values[2] = PointerGetDatum(construct_array(keys, parsed.npairs, TEXTOID,
-													-1, false, TYPALIGN_INT));
-		values[3] = PointerGetDatum(construct_array(columns, parsed.npairs, TEXTOID,
-													-1, false, TYPALIGN_INT));
-		nulls[2] = nulls[3] = false;
-	}
+		fill(tgrel, tup, &row);
 	systable_endscan(scan);
 	table_close(tgrel, AccessShareLock);
 
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+	return HeapTupleGetDatum(heap_form_tuple(tupdesc, row.values, row.nulls));
+}
+
+/* capture_arguments' columns, from a capture trigger. */
+static void
+fill_capture_arguments(Relation tgrel, HeapTuple tup, void *arg)
+{
+	ResultRow  *row = (ResultRow *) arg;
+	StatehubCaptureArgs parsed;
+	Datum	   *keys;
+	Datum	   *columns;
+
+	if (!decode_trigger(tgrel, tup, &parsed, NULL))
+		memset(&parsed, 0, sizeof(parsed));
+	if (parsed.tracked_column != NULL)
+	{
+		row->values[0] = CStringGetTextDatum(parsed.tracked_key);
+		row->values[1] = CStringGetTextDatum(parsed.tracked_column);
+		row->nulls[0] = row->nulls[1] = false;
+	}
+	keys = palloc(sizeof(Datum) * Max(parsed.npairs, 1));
+	columns = palloc(sizeof(Datum) * Max(parsed.npairs, 1));
+	for (int i = 0; i < parsed.npairs; i++)
+	{
+		keys[i] = CStringGetTextDatum(parsed.keys[i]);
+		columns[i] = CStringGetTextDatum(parsed.columns[i]);
+	}
+	row->values[2] = PointerGetDatum(construct_array(keys, parsed.npairs, TEXTOID,
+													 -1, false, TYPALIGN_INT));
+	row->values[3] = PointerGetDatum(construct_array(columns, parsed.npairs, TEXTOID,
+													 -1, false, TYPALIGN_INT));
+	row->nulls[2] = row->nulls[3] = false;
+}
+
+/*
+ * capture_arguments(trigger oid): what a capture trigger publishes, for the
+ * mappings view: the tracked column's key and column, and the attribute
+ * keys and the column each is read from now.  NULLs for other triggers.
+ */
+Datum
+capture_arguments(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_DATUM(capture_trigger_row(fcinfo, fill_capture_arguments));
 }
 
 /* The enum label a transition trigger compares with, or NULL. */
@@ -800,6 +810,37 @@ compared_label(Node *qual, int varno, AttrNumber attnum)
 	return OidOutputFunctionCall(outfunc, c->constvalue);
 }
 
+/* transition_values' columns, from a capture trigger. */
+static void
+fill_transition_values(Relation tgrel, HeapTuple tup, void *arg)
+{
+	ResultRow  *row = (ResultRow *) arg;
+	StatehubCaptureArgs parsed;
+	bool		isnull;
+	Datum		qual = heap_getattr(tup, Anum_pg_trigger_tgqual,
+									RelationGetDescr(tgrel), &isnull);
+	AttrNumber	attnum;
+	Node	   *expr;
+	char	   *label[2];
+
+	if (isnull || !decode_trigger(tgrel, tup, &parsed, NULL) ||
+		parsed.tracked_column == NULL)
+		return;
+	attnum = get_attnum(((Form_pg_trigger) GETSTRUCT(tup))->tgrelid,
+						parsed.tracked_column);
+	expr = stringToNode(TextDatumGetCString(qual));
+	label[0] = compared_label(expr, PRS2_OLD_VARNO, attnum);
+	label[1] = compared_label(expr, PRS2_NEW_VARNO, attnum);
+	for (int i = 0; i < 2; i++)
+	{
+		if (label[i] != NULL)
+		{
+			row->values[i] = CStringGetTextDatum(label[i]);
+			row->nulls[i] = false;
+		}
+	}
+}
+
 /*
  * transition_values(trigger oid): the from_value and to_value a transition
  * trigger's WHEN clause compares with, when they are enum labels, as they
@@ -812,54 +853,5 @@ compared_label(Node *qual, int varno, AttrNumber attnum)
 Datum
 transition_values(PG_FUNCTION_ARGS)
 {
-	Oid			tgoid = PG_GETARG_OID(0);
-	TupleDesc	tupdesc;
-	Datum		values[2] = {0};
-	bool		nulls[2] = {true, true};
-	Relation	tgrel;
-	ScanKeyData key;
-	SysScanDesc scan;
-	HeapTuple	tup;
-
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
-
-	tgrel = table_open(TriggerRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_trigger_oid, BTEqualStrategyNumber,
-				F_OIDEQ, ObjectIdGetDatum(tgoid));
-	scan = systable_beginscan(tgrel, TriggerOidIndexId, true, NULL, 1, &key);
-	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup) &&
-		((Form_pg_trigger) GETSTRUCT(tup))->tgfoid == capture_function_oid())
-	{
-		Form_pg_trigger trig = (Form_pg_trigger) GETSTRUCT(tup);
-		StatehubCaptureArgs parsed;
-		bool		isnull;
-		Datum		qual = heap_getattr(tup, Anum_pg_trigger_tgqual,
-										RelationGetDescr(tgrel), &isnull);
-
-		if (!isnull && decode_trigger(tgrel, tup, &parsed, NULL) &&
-			parsed.tracked_column != NULL)
-		{
-			AttrNumber	attnum = get_attnum(trig->tgrelid, parsed.tracked_column);
-			Node	   *expr = stringToNode(TextDatumGetCString(qual));
-			char	   *from = compared_label(expr, PRS2_OLD_VARNO, attnum);
-			char	   *to = compared_label(expr, PRS2_NEW_VARNO, attnum);
-
-			if (from != NULL)
-			{
-				values[0] = CStringGetTextDatum(from);
-				nulls[0] = false;
-			}
-			if (to != NULL)
-			{
-				values[1] = CStringGetTextDatum(to);
-				nulls[1] = false;
-			}
-		}
-	}
-	systable_endscan(scan);
-	table_close(tgrel, AccessShareLock);
-
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+	PG_RETURN_DATUM(capture_trigger_row(fcinfo, fill_transition_values));
 }
