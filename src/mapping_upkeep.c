@@ -20,14 +20,24 @@
  *   it already).
  * - ALTER TABLE ... ADD COLUMN where all columns are published: a column
  *   whose name is already a key, or "previous" next to a transition's old
- *   value, is refused by follow_column_renames (never a duplicate key).
+ *   value, is refused by follow_column_renames (never a duplicate key), on
+ *   every partition the column reaches.
+ * - ALTER TABLE ... ALTER COLUMN ... TYPE of a published column:
+ *   refuse_retyping_attribute_columns (ddl_command_start, while the old
+ *   type is there to compare) refuses it when the column's JSON form would
+ *   change.
+ * - ALTER TYPE ... RENAME / ADD / DROP / ALTER ATTRIBUTE ... CASCADE on the
+ *   type of typed tables: the same functions, on every table typed with it
+ *   (reached_tables).
  *
  * Rewriting a trigger's arguments updates its pg_trigger row in place (as
  * ALTER TRIGGER ... RENAME does its name), with a relcache invalidation so
  * every backend rebuilds its capture cache.  The same rewrite converts 1.1
  * triggers (column names, UPDATE OF column) when the extension is updated.
  *
- * capture_arguments() decodes the arguments for the mappings view.
+ * capture_arguments() decodes the arguments for the mappings view, and
+ * transition_values() the enum labels a transition compares with as they
+ * are called now (ALTER TYPE ... RENAME VALUE).
  *
  *-------------------------------------------------------------------------
  */
