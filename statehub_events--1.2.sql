@@ -455,7 +455,7 @@ SELECT w.pid,
        w.server,
        w.stream,
        q.queued,
-       pg_catalog.now() - q.oldest_enqueued_at AS oldest_queued_age,
+       pg_catalog.clock_timestamp() - q.oldest_enqueued_at AS oldest_queued_age,
        q.retrying,
        d.dead_letters,
        w.published,
@@ -802,9 +802,9 @@ REVOKE ALL ON FUNCTION statehub_events.backfill(pg_catalog.regclass, pg_catalog.
 CREATE VIEW statehub_events.queued_by_origin AS
 SELECT pg_catalog.count(*) FILTER (WHERE NOT o.backfill) AS live_queued,
        pg_catalog.count(*) FILTER (WHERE o.backfill) AS backfill_queued,
-       pg_catalog.now() - pg_catalog.min(o.enqueued_at) FILTER (WHERE NOT o.backfill)
+       pg_catalog.clock_timestamp() - pg_catalog.min(o.enqueued_at) FILTER (WHERE NOT o.backfill)
            AS oldest_live_age,
-       pg_catalog.now() - pg_catalog.min(o.enqueued_at) FILTER (WHERE o.backfill)
+       pg_catalog.clock_timestamp() - pg_catalog.min(o.enqueued_at) FILTER (WHERE o.backfill)
            AS oldest_backfill_age,
        (SELECT pg_catalog.count(*) FROM statehub_events.dead_letter d
          WHERE d.backfill) AS backfill_dead_letters

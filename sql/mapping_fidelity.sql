@@ -111,3 +111,13 @@ SELECT clear_events();
 DROP TABLE mf_t, mf_prev, mf_audit;
 DROP FUNCTION mf_close();
 DROP TYPE mf_state;
+
+-- a value the column's precision rounds can never be stored (hostile review):
+-- the trigger would compare with 1.55 while the column holds 1.6
+CREATE TABLE mf_prec (id integer PRIMARY KEY, amt numeric(5,1), ts timestamp(0), code varchar(3));
+SELECT statehub_events.track_transition('mf_prec', 'amt', '1.55', 'org.statehub.mf.amt');
+SELECT statehub_events.track_transition('mf_prec', 'ts', '2026-01-01 00:00:00.7', 'org.statehub.mf.ts');
+-- what the column stores exactly is fine
+SELECT statehub_events.track_transition('mf_prec', 'amt', '1.5', 'org.statehub.mf.amt');
+SELECT statehub_events.track_transition('mf_prec', 'code', 'ab', 'org.statehub.mf.code');
+DROP TABLE mf_prec;

@@ -27,15 +27,23 @@
  *
  * A transaction that queued events wakes the worker once, at commit.
  *
+ * An UPDATE that moves a row to another partition fires no UPDATE trigger
+ * (see row_moved and follow_row_move): its transitions are published by a
+ * second trigger of the table, the row-move trigger.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/tupconvert.h"
 #include "access/xact.h"
+#include "catalog/pg_trigger.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "fmgr.h"
+#include "nodes/makefuncs.h"
+#include "rewrite/rewriteManip.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -65,9 +73,21 @@ typedef struct CaptureEntry
 	StatehubColumn *tracked;	/* the transition column, or NULL */
 } CaptureEntry;
 
+/* The old row of a row movement, until its INSERT half (follow_row_move) */
+typedef struct MovedRow
+{
+	HeapTuple	tuple;
+	TupleDesc	desc;			/* the source partition's */
+} MovedRow;
+
 static HTAB *capture_cache = NULL;
 static ExecutorFinish_hook_type prev_executor_finish = NULL;
-static bool finishing_plain_update = false;	/* see row_moved */
+
+/* the query whose AFTER triggers are firing: see row_moved */
+static bool finishing_plain_update = false;
+static bool finishing_moves_covered = false;	/* see moves_covered */
+static MemoryContext finishing_cxt = NULL;	/* its es_query_cxt */
+static MovedRow *moved_row = NULL;
 static bool cache_has_invalid = false;	/* entries to free before the next use */
 static bool wakeup_armed = false;
 static bool rescan_armed = false;	/* wake_worker(): scan from the start */
@@ -330,6 +350,26 @@ queue_event(const unsigned char *id, const char *event_type, StringInfo buf,
 }
 
 /*
+ * Queue the event a capture trigger makes of one row: attributes from
+ * tuple, "previous" from previous (NULL for an insert or a delete).
+ */
+static void
+queue_row_event(Trigger *trigger, Relation rel, HeapTuple tuple,
+				HeapTuple previous)
+{
+	StringInfoData buf;
+	unsigned char id[STATEHUB_UUID_LEN];
+	TimestampTz now = GetCurrentTimestamp();
+	const char *event_type;
+
+	statehub_new_event_id(id);
+	initStringInfo(&buf);
+	event_type = statehub_capture_envelope(&buf, trigger, rel, tuple, previous,
+										   id, now);
+	queue_event(id, event_type, &buf, now);
+}
+
+/*
  * Row movement (issue 12, item 1).  An UPDATE that moves a row to another
  * partition runs, for that row, a DELETE on the old partition and an INSERT
  * on the new one, and fires their row triggers, not the UPDATE's.  Neither
@@ -344,14 +384,25 @@ queue_event(const unsigned char *id, const char *event_type, StringInfo buf,
  *   data-modifying WITH (which could insert for real: then, and in MERGE,
  *   the INSERT is published as before).  Nested queries (a trigger's SPI)
  *   finish on their own and note their own kind.
+ *
+ * The hook also keeps, per query, the memory the row-move trigger holds a
+ * moved row in (the query's own: freed with it, whatever happens).
  */
+static bool moves_covered(QueryDesc *queryDesc);
+
 static void
 capture_executor_finish(QueryDesc *queryDesc)
 {
 	bool		saved = finishing_plain_update;
+	bool		saved_covered = finishing_moves_covered;
+	MemoryContext saved_cxt = finishing_cxt;
+	MovedRow   *saved_row = moved_row;
 
 	finishing_plain_update = queryDesc->operation == CMD_UPDATE &&
 		!queryDesc->plannedstmt->hasModifyingCTE;
+	finishing_moves_covered = finishing_plain_update && moves_covered(queryDesc);
+	finishing_cxt = queryDesc->estate->es_query_cxt;
+	moved_row = NULL;
 	PG_TRY();
 	{
 		if (prev_executor_finish)
@@ -362,6 +413,9 @@ capture_executor_finish(QueryDesc *queryDesc)
 	PG_FINALLY();
 	{
 		finishing_plain_update = saved;
+		finishing_moves_covered = saved_covered;
+		finishing_cxt = saved_cxt;
+		moved_row = saved_row;
 	}
 	PG_END_TRY();
 }
@@ -385,6 +439,195 @@ row_moved(TriggerData *trigdata)
 		return finishing_plain_update &&
 			trigdata->tg_relation->rd_rel->relispartition;
 	return false;
+}
+
+static void
+forget_moved_row(void)
+{
+	if (moved_row == NULL)
+		return;
+	heap_freetuple(moved_row->tuple);
+	FreeTupleDesc(moved_row->desc);
+	pfree(moved_row);
+	moved_row = NULL;
+}
+
+/* Whether the trigger fires under session_replication_role, as PG decides. */
+static bool
+trigger_fires(Trigger *trigger)
+{
+	if (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA)
+		return trigger->tgenabled != TRIGGER_FIRES_ON_ORIGIN &&
+			trigger->tgenabled != TRIGGER_DISABLED;
+	return trigger->tgenabled != TRIGGER_FIRES_ON_REPLICA &&
+		trigger->tgenabled != TRIGGER_DISABLED;
+}
+
+/* Whether this is a row-move trigger (mapping.c makes them). */
+static bool
+is_row_move_trigger(Trigger *trigger)
+{
+	return trigger->tgnargs == 1 &&
+		strcmp(trigger->tgargs[0], STATEHUB_ROW_MOVE_ARG) == 0 &&
+		TRIGGER_FOR_ROW(trigger->tgtype) && TRIGGER_FOR_AFTER(trigger->tgtype) &&
+		TRIGGER_FOR_INSERT(trigger->tgtype) && TRIGGER_FOR_DELETE(trigger->tgtype);
+}
+
+/*
+ * Whether every row this UPDATE moves fires both halves of a row-move
+ * trigger: its target is a partitioned table that carries one (its own, or
+ * a clone of an ancestor's), so every partition below it, the only ones a
+ * row can move between, carries it too.  Otherwise a row moving out of a
+ * sub-partition that declares a transition would leave its old row kept,
+ * and a row moving in would be paired with it: rather nothing than that.
+ */
+static bool
+moves_covered(QueryDesc *queryDesc)
+{
+	ModifyTableState *mt;
+	Relation	rel;
+
+	if (queryDesc->planstate == NULL ||
+		!IsA(queryDesc->planstate, ModifyTableState))
+		return false;
+	mt = (ModifyTableState *) queryDesc->planstate;
+	if (mt->rootResultRelInfo == NULL)
+		return false;
+	rel = mt->rootResultRelInfo->ri_RelationDesc;
+	if (rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE || rel->trigdesc == NULL)
+		return false;
+	for (int i = 0; i < rel->trigdesc->numtriggers; i++)
+	{
+		Trigger    *trigger = &rel->trigdesc->triggers[i];
+
+		if (is_row_move_trigger(trigger) && trigger_fires(trigger))
+			return true;
+	}
+	return false;
+}
+
+/* Whether an UPDATE trigger's WHEN clause holds for (old, new). */
+static bool
+when_holds(Trigger *trigger, EState *estate, TupleTableSlot *oldslot,
+		   TupleTableSlot *newslot)
+{
+	MemoryContext old = MemoryContextSwitchTo(estate->es_query_cxt);
+	Node	   *qual;
+	ExprState  *state;
+	ExprContext *econtext;
+	bool		holds;
+
+	if (trigger->tgqual == NULL)
+	{
+		MemoryContextSwitchTo(old);
+		return true;
+	}
+	/* OLD and NEW become the inner and outer tuple, as for the trigger */
+	qual = stringToNode(trigger->tgqual);
+	ChangeVarNodes(qual, PRS2_OLD_VARNO, INNER_VAR, 0);
+	ChangeVarNodes(qual, PRS2_NEW_VARNO, OUTER_VAR, 0);
+	state = ExecPrepareQual(make_ands_implicit((Expr *) qual), estate);
+	econtext = GetPerTupleExprContext(estate);
+	econtext->ecxt_innertuple = oldslot;
+	econtext->ecxt_outertuple = newslot;
+	holds = ExecQual(state, econtext);
+	ResetExprContext(econtext);
+	MemoryContextSwitchTo(old);
+	return holds;
+}
+
+/*
+ * The INSERT half of a row movement, with the old row kept by its DELETE
+ * half: publish what the UPDATE triggers of the destination partition
+ * would have published had the row stayed.  Each transition trigger
+ * (capture() fired AFTER UPDATE FOR EACH ROW, enabled) is taken in name
+ * order, the order PostgreSQL fires them in, and its own WHEN clause is
+ * evaluated over the old row (in the destination's row type) and the new:
+ * the condition is exactly the one an unmoved row meets.  capture_oid is
+ * capture()'s: only its triggers are events.
+ */
+static void
+publish_moved_transitions(Oid capture_oid, Relation rel, HeapTuple newtuple)
+{
+	TriggerDesc *trigdesc = rel->trigdesc;
+	TupleDesc	desc = RelationGetDescr(rel);
+	EState	   *estate = NULL;
+	TupleTableSlot *oldslot = NULL;
+	TupleTableSlot *newslot = NULL;
+	HeapTuple	oldtuple = NULL;
+
+	for (int i = 0; trigdesc != NULL && i < trigdesc->numtriggers; i++)
+	{
+		Trigger    *trigger = &trigdesc->triggers[i];
+
+		if (trigger->tgfoid != capture_oid ||
+			!TRIGGER_TYPE_MATCHES(trigger->tgtype, TRIGGER_TYPE_ROW,
+								  TRIGGER_TYPE_AFTER, TRIGGER_TYPE_UPDATE) ||
+			!trigger_fires(trigger))
+			continue;
+		if (estate == NULL)
+		{
+			TupleConversionMap *map = convert_tuples_by_name(moved_row->desc, desc);
+
+			oldtuple = map != NULL ?
+				execute_attr_map_tuple(moved_row->tuple, map) : moved_row->tuple;
+			estate = CreateExecutorState();
+			oldslot = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
+			newslot = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
+			ExecStoreHeapTuple(oldtuple, oldslot, false);
+			ExecStoreHeapTuple(newtuple, newslot, false);
+		}
+		if (when_holds(trigger, estate, oldslot, newslot))
+			queue_row_event(trigger, rel, newtuple, oldtuple);
+	}
+	if (estate != NULL)
+	{
+		ExecDropSingleTupleTableSlot(oldslot);
+		ExecDropSingleTupleTableSlot(newslot);
+		FreeExecutorState(estate);
+	}
+}
+
+/*
+ * The row-move trigger (issue 12, item 1): AFTER INSERT OR DELETE FOR EACH
+ * ROW on a partitioned table with transitions (mapping.c keeps it).  A row
+ * movement fires, for its row, the DELETE triggers of the old partition and
+ * then at once the INSERT triggers of the new one (AFTER trigger events
+ * fire in the order they were queued); none of the UPDATE's (PostgreSQL 15
+ * queues the root's UPDATE event of a row movement for foreign keys only).
+ * So the DELETE half keeps a copy of the old row, in the finishing query's
+ * memory, and the INSERT half that comes next publishes the transitions
+ * with it.  Each DELETE half replaces what an earlier one kept, and only an
+ * INSERT of a plain UPDATE (row_moved) pairs with it; only in an UPDATE
+ * whose every moved row fires both halves (moves_covered), so a row whose
+ * INSERT a BEFORE trigger skipped is forgotten at the next row.  Every
+ * other row costs one test.
+ */
+static void
+follow_row_move(FunctionCallInfo fcinfo, TriggerData *trigdata)
+{
+	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
+	{
+		MemoryContext old;
+
+		forget_moved_row();
+		if (!row_moved(trigdata) || !finishing_moves_covered ||
+			finishing_cxt == NULL)
+			return;
+		old = MemoryContextSwitchTo(finishing_cxt);
+		moved_row = palloc(sizeof(MovedRow));
+		moved_row->tuple = heap_copytuple(trigdata->tg_trigtuple);
+		moved_row->desc = CreateTupleDescCopy(RelationGetDescr(trigdata->tg_relation));
+		MemoryContextSwitchTo(old);
+	}
+	else if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) && moved_row != NULL)
+	{
+		if (statehub_capture && row_moved(trigdata))
+			publish_moved_transitions(fcinfo->flinfo->fn_oid,
+									  trigdata->tg_relation,
+									  trigdata->tg_trigtuple);
+		forget_moved_row();
+	}
 }
 
 /*
@@ -436,12 +679,7 @@ Datum
 capture(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-	const char *event_type;
-	HeapTuple	tuple;
-	HeapTuple	previous;
-	StringInfoData buf;
-	unsigned char id[STATEHUB_UUID_LEN];
-	TimestampTz now;
+	Trigger    *trigger;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
@@ -453,29 +691,22 @@ capture(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("function \"capture\" must be fired AFTER ... FOR EACH ROW")));
 
+	trigger = trigdata->tg_trigger;
+	if (is_row_move_trigger(trigger))
+	{
+		follow_row_move(fcinfo, trigdata);
+		return PointerGetDatum(NULL);
+	}
 	if (!statehub_capture || row_moved(trigdata))
 		return PointerGetDatum(NULL);
 
 	/* attributes come from the row as it is now (OLD for a delete) */
 	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
-	{
-		tuple = trigdata->tg_newtuple;
-		previous = trigdata->tg_trigtuple;
-	}
+		queue_row_event(trigger, trigdata->tg_relation, trigdata->tg_newtuple,
+						trigdata->tg_trigtuple);
 	else
-	{
-		tuple = trigdata->tg_trigtuple;
-		previous = NULL;
-	}
-
-	now = GetCurrentTimestamp();
-	statehub_new_event_id(id);
-
-	initStringInfo(&buf);
-	event_type = statehub_capture_envelope(&buf, trigdata->tg_trigger,
-										   trigdata->tg_relation, tuple,
-										   previous, id, now);
-	queue_event(id, event_type, &buf, now);
+		queue_row_event(trigger, trigdata->tg_relation, trigdata->tg_trigtuple,
+						NULL);
 
 	return PointerGetDatum(NULL);
 }

@@ -68,6 +68,16 @@ typedef struct StatehubCaptureArgs
 #define STATEHUB_ARGS_ALL_KEYS "all keys"
 #define STATEHUB_ARGS_FIRST_PAIR 4
 
+/*
+ * The row-move trigger of a partitioned table with transitions: capture()
+ * with this one argument, AFTER INSERT OR DELETE (capture.c says why).  Its
+ * name is the prefix and the table's name (a partition inherits a clone of
+ * each ancestor's, under the ancestor's name); no event type contains a
+ * space, so it is never a declaration's.
+ */
+#define STATEHUB_ROW_MOVE_ARG "row moved"
+#define STATEHUB_ROW_MOVE_PREFIX "statehub_events:row moved:"
+
 /* false when the arguments are not a capture trigger's */
 extern bool statehub_parse_capture_args(int nargs, char **args,
 										StatehubCaptureArgs *out);

@@ -25,7 +25,11 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "commands/event_trigger.h"
-#include "executor/spi.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "executor/tuptable.h"
+#include "storage/lmgr.h"
+#include "utils/snapmgr.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
@@ -97,17 +101,39 @@ drops_owner(DropOwnedStmt *stmt, Oid owner)
 	return false;
 }
 
-/* A count(*) of one of the extension's tables, through SPI. */
+/*
+ * The rows of one of the extension's tables, counted after locking it as
+ * the DROP will (ACCESS EXCLUSIVE, held to the end of the transaction):
+ * that waits for every transaction still writing to it, and the count
+ * uses the latest snapshot, not the statement's or the transaction's, so
+ * an event committed while the DROP waited is counted too.  Counting in
+ * the statement's snapshot let a DROP that waited for a capturing
+ * transaction discard its committed event.
+ */
 static int64
-count_rows(const char *sql)
+count_rows(const char *relname)
 {
-	bool		isnull;
-	Datum		n;
+	Oid			nspid = get_namespace_oid(EXTENSION_NAME, false);
+	Oid			relid = get_relname_relid(relname, nspid);
+	Relation	rel;
+	Snapshot	snap;
+	TableScanDesc scan;
+	TupleTableSlot *slot;
+	int64		n = 0;
 
-	if (SPI_execute(sql, true, 0) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not count rows: %s", sql);
-	n = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return isnull ? 0 : DatumGetInt64(n);
+	if (!OidIsValid(relid))
+		return 0;
+	rel = table_open(relid, AccessExclusiveLock);
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	scan = table_beginscan(rel, snap, 0, NULL);
+	slot = table_slot_create(rel, NULL);
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+		n++;
+	ExecDropSingleTupleTableSlot(slot);
+	table_endscan(scan);
+	UnregisterSnapshot(snap);
+	table_close(rel, NoLock);
+	return n;
 }
 
 /*
@@ -149,10 +175,8 @@ refuse_drop_with_events(PG_FUNCTION_ARGS)
 	else
 		PG_RETURN_VOID();
 
-	SPI_connect();
-	queued = count_rows("SELECT pg_catalog.count(*) FROM statehub_events.outbox");
-	dead = count_rows("SELECT pg_catalog.count(*) FROM statehub_events.dead_letter");
-	SPI_finish();
+	queued = count_rows("outbox");
+	dead = count_rows("dead_letter");
 
 	if (queued > 0 || dead > 0)
 		ereport(ERROR,

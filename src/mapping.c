@@ -39,6 +39,10 @@
  * errors; an event type outside stream_subjects is a warning; replacing a
  * declaration is a NOTICE that shows the old and the new one.
  *
+ * A partitioned table with a transition also carries one row-move trigger
+ * (sync_row_move_trigger; capture.c's follow_row_move says why): made with
+ * its first transition, dropped with its last, as the caller.
+ *
  * Every check happens before anything is created, and any error aborts the
  * caller's transaction: nothing is ever half-created.
  *
@@ -61,6 +65,7 @@
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "parser/parse_func.h"
@@ -309,6 +314,8 @@ unpin_search_path(int nestlevel)
 	AtEOXact_GUC(false, nestlevel);
 }
 
+static char *equality_operator(Form_pg_attribute att, Relation rel, Oid *eqfunc);
+
 /*
  * The column type's own code (its input function with a domain's CHECK
  * constraints, its equality operator) belongs to whoever made the type and
@@ -517,6 +524,35 @@ convert_value(Form_pg_attribute att, Relation rel, const char *argname,
 	owner_section_begin(rel->rd_rel->relowner, &section);
 	result = OidInputFunctionCall(infunc, (char *) value, ioparam,
 								  att->atttypmod);
+	if (att->atttypmod >= 0)
+	{
+		/*
+		 * The trigger compares with the value as written, cast to the type
+		 * without its modifier: one the column's precision rounds (1.55 in
+		 * numeric(5,1), a fraction of a second in timestamp(0)) is never
+		 * equal to what a row can hold.
+		 */
+		Datum		plain = OidInputFunctionCall(infunc, (char *) value, ioparam, -1);
+		Oid			eqfunc;
+		Oid			outfunc;
+		bool		isvarlena;
+
+		(void) equality_operator(att, rel, &eqfunc);
+		if (!DatumGetBool(OidFunctionCall2Coll(eqfunc, att->attcollation,
+											   plain, result)))
+		{
+			getTypeOutputInfo(att->atttypid, &outfunc, &isvarlena);
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s \"%s\" can never be stored in column \"%s\" of table \"%s\"",
+							argname, value, NameStr(att->attname),
+							RelationGetRelationName(rel)),
+					 errdetail("The column's type %s stores it as \"%s\".",
+							   format_type_with_typemod(att->atttypid, att->atttypmod),
+							   OidOutputFunctionCall(outfunc, result)),
+					 errhint("Pass the value as the column stores it.")));
+		}
+	}
 	owner_section_end(&section);
 
 	error_context_stack = errcb.previous;
@@ -714,6 +750,65 @@ remove_mapping(Relation rel, const char *event_type)
 					 "                          AND t.tgname OPERATOR(pg_catalog.=) m.trigger_name))",
 					 2, argtypes, args, NULL);
 	return in_force;
+}
+
+/*
+ * Keep the row-move trigger of a partitioned table (capture.c says what it
+ * does): there while the table declares a transition, gone with the last.
+ * It is known by what it runs, not by its name (which a table RENAME leaves
+ * behind).  Called in SPI once the mapping rows are as they will be; the
+ * trigger is made and dropped by the caller, as the capture triggers are.
+ */
+static void
+sync_row_move_trigger(Relation rel)
+{
+	Oid			argtypes[2] = {OIDOID, BYTEAOID};
+	Datum		args[2];
+	size_t		arglen = strlen(STATEHUB_ROW_MOVE_ARG) + 1;
+	bytea	   *tgargs = palloc(VARHDRSZ + arglen);
+	bool		isnull;
+	bool		wanted;
+	char	   *present;
+	char	   *qualified;
+
+	if (rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
+		return;
+	/* pg_trigger.tgargs: each argument NUL-terminated */
+	SET_VARSIZE(tgargs, VARHDRSZ + arglen);
+	memcpy(VARDATA(tgargs), STATEHUB_ROW_MOVE_ARG, arglen);
+	args[0] = ObjectIdGetDatum(RelationGetRelid(rel));
+	args[1] = PointerGetDatum(tgargs);
+	execute_as_owner("SELECT EXISTS (SELECT FROM statehub_events.mapping m"
+					 "                WHERE m.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1"
+					 "                  AND m.operation OPERATOR(pg_catalog.=) 'update'),"
+					 "       (SELECT t.tgname FROM pg_catalog.pg_trigger t"
+					 "         WHERE t.tgrelid OPERATOR(pg_catalog.=) $1"
+					 "           AND t.tgparentid OPERATOR(pg_catalog.=) 0"
+					 "           AND t.tgfoid OPERATOR(pg_catalog.=) 'statehub_events.capture()'::pg_catalog.regprocedure"
+					 "           AND t.tgargs OPERATOR(pg_catalog.=) $2"
+					 "         LIMIT 1)",
+					 2, argtypes, args, NULL);
+	wanted = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	present = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	if (wanted == (present != NULL))
+		return;
+	qualified = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+										   RelationGetRelationName(rel));
+	if (wanted)
+	{
+		/* unique among the table's ancestors, whose clones it inherits */
+		char	   *name = psprintf(STATEHUB_ROW_MOVE_PREFIX "%s",
+									RelationGetRelationName(rel));
+
+		name[pg_mbcliplen(name, strlen(name), NAMEDATALEN - 1)] = '\0';
+		execute_ddl(psprintf("CREATE TRIGGER %s AFTER INSERT OR DELETE ON %s"
+							 " FOR EACH ROW EXECUTE FUNCTION %s.capture(%s)",
+							 quote_identifier(name), qualified,
+							 STATEHUB_SCHEMA, quote_literal_cstr(STATEHUB_ROW_MOVE_ARG)));
+	}
+	else
+		execute_ddl(psprintf("DROP TRIGGER %s ON %s", quote_identifier(present),
+							 qualified));
 }
 
 /*
@@ -1119,6 +1214,7 @@ track(TrackSpec *spec)
 					 "  to_value, attributes, condition, trigger_name)"
 					 " VALUES ($1::pg_catalog.regclass, $2, $3, $4, $5, $6, $7, $8, $9)",
 					 9, argtypes, args, nulls);
+	sync_row_move_trigger(rel);
 
 	SPI_finish();
 	relation_close(rel, NoLock);
@@ -1213,6 +1309,7 @@ untrack(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	removed = remove_mapping(rel, event_type);
+	sync_row_move_trigger(rel);
 	SPI_finish();
 	relation_close(rel, NoLock);
 	PG_RETURN_BOOL(removed);

@@ -668,7 +668,9 @@ migrate_trigger(Relation tgrel, HeapTuple tup, void *arg)
 	char	  **raw = trigger_args(tgrel, tup, &nargs);
 	ArgList		args;
 
-	if (args_are_keyed(nargs, raw))
+	/* 1.2 arguments, or a row-move trigger (made by a 1.2 library) */
+	if (args_are_keyed(nargs, raw) ||
+		(nargs == 1 && strcmp(raw[0], STATEHUB_ROW_MOVE_ARG) == 0))
 		return;
 	if (!decode_trigger(tgrel, tup, &parsed, NULL))
 	{

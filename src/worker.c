@@ -421,6 +421,26 @@ worker_round(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 	if (!ok)
 	{
+		/*
+		 * No answer within publish_timeout on a connection that still looks
+		 * open: the server hangs (stopped, or a stalled node of a cluster).
+		 * Connect anew, to another server of the list when there is one,
+		 * rather than wait on it for good; the unanswered events go out
+		 * again in order (their batch is settled without them).  Trouble of
+		 * the stream itself (no leader yet) is not the server's.
+		 */
+		if (!stream_trouble && statehub_nats_connected())
+		{
+			char		server[STATEHUB_SERVER_LEN];
+
+			statehub_nats_server(server, sizeof(server));
+			ereport(LOG,
+					(errmsg("statehub_events worker drops its connection to NATS server \"%s\", which did not answer",
+							server),
+					 errdetail_internal("%s", error)));
+			statehub_nats_close();
+			stream_checked = false;
+		}
 		back_off(error);
 		return statehub_ms_until(next_attempt_at);
 	}

@@ -39,7 +39,13 @@ SELECT statehub_events.track_insert('repos', 'org.statehub.repo.registered',
 SELECT statehub_events.track_delete('repos', 'org.statehub.repo.removed', '{id}');
 SELECT statehub_events.track_transition('tasks', 'status', 'done',
                                         'org.statehub.task.done', from_value => 'open');
+CREATE TABLE shards (id int, region text, status text, PRIMARY KEY (id, region))
+    PARTITION BY LIST (region);
+CREATE TABLE shards_eu PARTITION OF shards FOR VALUES IN ('eu');
+SELECT statehub_events.track_transition('shards', 'status', 'done', 'org.statehub.shard.done');
 };
+# what a 1.1 library made: no row-move trigger (the update makes it)
+my $as_11 = q{DROP TRIGGER "statehub_events:row moved:shards" ON shards};
 
 # mapping rows whose table is gone
 my $stale_sql = q{SELECT count(*) FROM statehub_events.mapping m
@@ -47,6 +53,7 @@ my $stale_sql = q{SELECT count(*) FROM statehub_events.mapping m
 
 $node->safe_psql('postgres', q{CREATE EXTENSION statehub_events VERSION '1.0'});
 $node->safe_psql('postgres', $declare);
+$node->safe_psql('postgres', $as_11);
 $node->safe_psql(
 	'postgres', q{
 CREATE TABLE doomed (id int PRIMARY KEY);
@@ -108,6 +115,7 @@ $node->safe_psql('fresh', $declare);
 $node->safe_psql('postgres', 'CREATE DATABASE from11');
 $node->safe_psql('from11', q{CREATE EXTENSION statehub_events VERSION '1.1'});
 $node->safe_psql('from11', $declare);
+$node->safe_psql('from11', $as_11);
 $node->safe_psql('from11', 'ALTER EXTENSION statehub_events UPDATE');
 is($node->safe_psql('from11',
 		q{SELECT extversion FROM pg_extension WHERE extname = 'statehub_events'}),
@@ -205,7 +213,8 @@ $node->safe_psql('postgres', 'DROP TABLE tasks');
 is( $node->safe_psql('postgres',
 		q{SELECT string_agg(table_name::text || ' ' || event_type, ', ' ORDER BY event_type)
 		    FROM statehub_events.mapping}),
-	'repos org.statehub.repo.registered, repos org.statehub.repo.removed',
+	'repos org.statehub.repo.registered, repos org.statehub.repo.removed, '
+	  . 'shards org.statehub.shard.done',
 	'dropping a tracked table drops its mappings');
 my $tmp = PostgreSQL::Test::Utils::tempdir;
 $node->command_ok([ 'pg_dump', @conn, '-Fc', '-f', "$tmp/upg.dump", 'postgres' ],
@@ -220,6 +229,11 @@ SELECT table_name, event_type, operation, attributes, condition
 is($node->safe_psql('restored', $mappings_sql),
 	$node->safe_psql('postgres', $mappings_sql),
 	'the restored database has the same mappings');
+is( $node->safe_psql(
+		'restored', q{SELECT string_agg(tgrelid::regclass::text, ' ' ORDER BY tgrelid::regclass::text)
+		    FROM pg_trigger WHERE tgname = 'statehub_events:row moved:shards'}),
+	'shards shards_eu',
+	'the restored partitioned table and its partition have the row-move trigger');
 
 # A 1.0 installed into a schema another role created first (1.0 adopted
 # it) is not updated: that role could drop or replace the outbox.  Nor is

@@ -5,7 +5,8 @@
 # nats-server: after RENAME COLUMN the events carry the keys they were
 # declared with; a change a BEFORE UPDATE trigger makes to the tracked
 # column is published as the transition; an UPDATE that moves a row to
-# another partition publishes no deleted and no second recorded event.
+# another partition publishes no deleted and no second recorded event, and
+# the transition it makes, as the same UPDATE does on a plain table.
 
 use strict;
 use warnings;
@@ -36,6 +37,13 @@ CREATE TABLE audit_2026 PARTITION OF audit_log FOR VALUES FROM ('2026-01-01') TO
 CREATE TABLE audit_2027 PARTITION OF audit_log FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
 SELECT statehub_events.track_insert('audit_log', 'org.statehub.audit.recorded');
 SELECT statehub_events.track_delete('audit_log', 'org.statehub.audit.deleted', '{id}');
+CREATE TABLE regional_ws (id int, region text, status text, PRIMARY KEY (id, region))
+    PARTITION BY LIST (region);
+CREATE TABLE regional_ws_eu PARTITION OF regional_ws FOR VALUES IN ('eu');
+CREATE TABLE regional_ws_us PARTITION OF regional_ws FOR VALUES IN ('us');
+SELECT statehub_events.track_transition('regional_ws', 'status', 'completed',
+                                        'org.statehub.workstream.completed',
+                                        attributes => '{id,region}');
 });
 
 $node->safe_psql(
@@ -58,6 +66,8 @@ UPDATE workstreams SET name = 'two (done)' WHERE id = 2;
 INSERT INTO audit_log VALUES (1, '2026-05-01'), (2, '2026-06-01');
 UPDATE audit_log SET at = '2027-02-01' WHERE id = 1;
 DELETE FROM audit_log WHERE id = 2;
+INSERT INTO regional_ws VALUES (1, 'eu', 'open'), (2, 'eu', 'open'), (3, 'eu', 'open');
+UPDATE regional_ws SET region = 'us', status = CASE WHEN id = 2 THEN 'open' ELSE 'completed' END;
 });
 
 is( $node->safe_psql(
@@ -89,8 +99,11 @@ is_deeply(
 		'org.statehub.audit.recorded {"at":"2026-05-01","id":1}',
 		'org.statehub.audit.recorded {"at":"2026-06-01","id":2}',
 		'org.statehub.audit.deleted {"id":2}',
+		'org.statehub.workstream.completed {"id":1,"previous":{"status":"open"},"region":"us"}',
+		'org.statehub.workstream.completed {"id":3,"previous":{"status":"open"},"region":"us"}',
 	],
-	'the stream: declared keys after the renames, the BEFORE trigger\'s transition, no events for the moved row'
+	'the stream: declared keys after the renames, the BEFORE trigger\'s transition, '
+	  . 'no insert or delete events for moved rows, the transitions of moved rows'
 );
 
 # A dump restores the declarations with their keys and columns: the trigger

@@ -4,11 +4,14 @@
 # Issue 10: a 3-node NATS JetStream cluster with an R3 stream, under a
 # steady load of single-row transactions for the whole test.  The worker
 # has every node in nats_url and stream_replicas = 3, and creates the
-# stream R3.  Three failures, one after another:
+# stream R3.  Four failures, one after another:
 #
 #   1. SIGKILL of the node the worker is connected to; later its restart;
 #   2. SIGKILL of the node that leads the stream; later its restart;
-#   3. a rolling restart: SIGTERM, start, wait healthy, node by node.
+#   3. SIGSTOP of the node the worker is connected to (hung: it neither
+#      answers nor refuses; found by a hostile review, delivery stopped for
+#      as long as the node hung), later SIGCONT;
+#   4. a rolling restart: SIGTERM, start, wait healthy, node by node.
 #
 # After each: every event drained so far is in the stream exactly once
 # (by Nats-Msg-Id), the stream's order is the outbox's id order (the load
@@ -215,6 +218,21 @@ phase(
 		flowing('leader down', 100);
 		$leader->start;
 		ok($cluster->wait_healthy($stream), 'the old leader is back and current');
+	});
+
+phase(
+	'connected node hung',
+	sub {
+		my $server = StatehubTest::worker_status($node)->{server};
+		my $victim = $cluster->node_of_url($server);
+		ok($victim, "the worker is connected to a node ($server)");
+		$victim->freeze;
+		ok( StatehubTest::wait_for_status($node,
+				"state = 'connected' AND server <> '$server'"),
+			'the worker leaves the hung node for another');
+		flowing('connected node hung', 100);
+		$victim->thaw;
+		ok($cluster->wait_healthy($stream), 'the node answers again and is current');
 	});
 
 phase(

@@ -879,6 +879,11 @@ sub _signal_and_wait
 sub stop  { $_[0]->_signal_and_wait('TERM'); return; }
 sub kill9 { $_[0]->_signal_and_wait('KILL'); return; }
 
+# A hung server: stopped with SIGSTOP (it neither answers nor refuses),
+# and let go again with SIGCONT.
+sub freeze { kill 'STOP', $_[0]->{pid} if $_[0]->{pid}; return; }
+sub thaw   { kill 'CONT', $_[0]->{pid} if $_[0]->{pid}; return; }
+
 sub restart
 {
 	my ($self) = @_;
