@@ -35,7 +35,8 @@ PGFILEDESC = "statehub_events - transactional outbox delivered to NATS JetStream
 # setup creates the extension (and the helpers the other files use)
 REGRESS = setup track_insert track_transition track_delete track_errors \
 	attributes emit outbox_tx partitioned capture_guc privileges \
-	column_changes security capture_cache operations mapping_fidelity backfill
+	column_changes security capture_cache operations mapping_fidelity backfill \
+	mapping_ddl
 
 ISOLATION = concurrent_transitions
 ISOLATION_OPTS = --inputdir=test --outputdir=test/output_iso --load-extension=statehub_events

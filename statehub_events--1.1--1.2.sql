@@ -288,6 +288,89 @@ SELECT statehub_events.migrate_capture_triggers();
 DROP FUNCTION statehub_events.migrate_capture_triggers();
 
 -- ---------------------------------------------------------------------------
+-- Mapping fidelity through ALTER TYPE and type changes (issue 12, review)
+-- ---------------------------------------------------------------------------
+
+/*
+ * ALTER TYPE ... RENAME / ADD / DROP ATTRIBUTE ... CASCADE changes the
+ * columns of every table typed with the type: the same rules as ALTER
+ * TABLE apply to each (src/mapping_upkeep.c).
+ */
+CREATE EVENT TRIGGER statehub_events_follow_attribute_renames ON ddl_command_end
+    WHEN TAG IN ('ALTER TYPE')
+    EXECUTE FUNCTION statehub_events.follow_column_renames();
+
+COMMENT ON EVENT TRIGGER statehub_events_follow_attribute_renames IS
+'Keeps the keys of declared events fixed through ALTER TYPE ... CASCADE on the tables typed with it.';
+
+CREATE EVENT TRIGGER statehub_events_refuse_dropping_attributes ON sql_drop
+    WHEN TAG IN ('ALTER TYPE')
+    EXECUTE FUNCTION statehub_events.refuse_dropping_attribute_columns();
+
+COMMENT ON EVENT TRIGGER statehub_events_refuse_dropping_attributes IS
+'Refuses ALTER TYPE ... DROP ATTRIBUTE ... CASCADE of a column a declared event publishes.';
+
+/*
+ * Changing the type of a published column is refused when its JSON form
+ * would change (a number becoming a string...).  Checked before the
+ * command runs, while the old type is there to compare.
+ */
+CREATE FUNCTION statehub_events.refuse_retyping_attribute_columns()
+RETURNS pg_catalog.event_trigger
+AS 'MODULE_PATHNAME', 'refuse_retyping_attribute_columns'
+LANGUAGE C;
+
+COMMENT ON FUNCTION statehub_events.refuse_retyping_attribute_columns() IS
+'Event trigger function: refuses to change the JSON form of a column that a declared event publishes.';
+
+REVOKE ALL ON FUNCTION statehub_events.refuse_retyping_attribute_columns() FROM PUBLIC;
+
+CREATE EVENT TRIGGER statehub_events_refuse_retyping_attribute_columns ON ddl_command_start
+    WHEN TAG IN ('ALTER TABLE', 'ALTER TYPE')
+    EXECUTE FUNCTION statehub_events.refuse_retyping_attribute_columns();
+
+COMMENT ON EVENT TRIGGER statehub_events_refuse_retyping_attribute_columns IS
+'Refuses ALTER COLUMN ... TYPE of a column a declared event publishes when its JSON form would change.';
+
+/*
+ * After ALTER TYPE ... RENAME VALUE, a transition on an enum column fires
+ * on the new label (its WHEN clause holds the label's oid): the mappings
+ * view shows from_value and to_value as the trigger compares them.
+ */
+CREATE FUNCTION statehub_events.transition_values(trigger_oid pg_catalog.oid,
+    OUT from_value pg_catalog.text,
+    OUT to_value pg_catalog.text)
+RETURNS record
+AS 'MODULE_PATHNAME', 'transition_values'
+LANGUAGE C STABLE STRICT;
+
+COMMENT ON FUNCTION statehub_events.transition_values(pg_catalog.oid) IS
+'The enum labels a transition trigger compares with, as they read now (NULL for other types); read them through the mappings view.';
+
+CREATE OR REPLACE VIEW statehub_events.mappings AS
+SELECT m.table_name,
+       m.event_type,
+       m.operation,
+       a.column_name::pg_catalog.name COLLATE pg_catalog."C" AS column_name,
+       COALESCE(v.from_value, m.from_value) AS from_value,
+       COALESCE(v.to_value, m.to_value) AS to_value,
+       m.attributes,
+       m.condition,
+       a.column_key,
+       a.attribute_keys,
+       a.attribute_columns
+  FROM statehub_events.mapping m
+  JOIN pg_catalog.pg_trigger t
+    ON t.tgrelid = m.table_name::pg_catalog.oid
+   AND t.tgname = m.trigger_name
+ CROSS JOIN LATERAL statehub_events.capture_arguments(t.oid) a
+ CROSS JOIN LATERAL statehub_events.transition_values(t.oid) v
+ ORDER BY m.table_name::pg_catalog.text, m.event_type;
+
+COMMENT ON COLUMN statehub_events.mappings.from_value IS 'The previous value a transition requires (NULL: any), as its trigger compares it now (an enum label renamed since the declaration reads renamed).';
+COMMENT ON COLUMN statehub_events.mappings.to_value IS 'The value a transition fires on, as its trigger compares it now (an enum label renamed since the declaration reads renamed).';
+
+-- ---------------------------------------------------------------------------
 -- Backfill (1.2, issue 11): events for the rows that existed before their
 -- declaration, flagged in the queue and on the wire
 -- ---------------------------------------------------------------------------

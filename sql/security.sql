@@ -17,9 +17,9 @@ GRANT EXECUTE ON FUNCTION
     statehub_events.untrack(regclass, text)
   TO sec_dba;
 
--- PUBLIC executes none of the extension's functions but the one the
--- mappings view reads trigger arguments with (the view is what everyone
--- may read; the function shows what pg_trigger shows everyone)
+-- PUBLIC executes none of the extension's functions but the two the
+-- mappings view reads trigger arguments and compared values with (the view
+-- is what everyone may read; they show what pg_trigger shows everyone)
 SELECT p.oid::regprocedure AS function
   FROM pg_catalog.pg_proc p
  WHERE p.pronamespace = 'statehub_events'::regnamespace

@@ -136,14 +136,16 @@ strip_coercions(Node *node)
 }
 
 /*
- * The constant the transition trigger's WHEN clause compares NEW's column
- * attnum with ("NEW.col = 'to_value'::type AND ..."), as the trigger
- * stores it: converted once, when the event was declared.  Converting the
- * mapping's to_value text again would depend on the caller's DateStyle,
- * TimeZone and the enum's labels now, and would run the type's code.
+ * The constant the transition trigger's WHEN clause compares NEW's (varno
+ * PRS2_NEW_VARNO) or OLD's column attnum with, at its top level
+ * ("NEW.col = 'to_value'::type AND OLD.col = 'from_value'::type"), as the
+ * trigger stores it: converted once, when the event was declared.
+ * Converting the mapping's text again would depend on the caller's
+ * DateStyle, TimeZone and the enum's labels now, and would run the type's
+ * code.  (Without from_value, OLD is compared only inside an OR: NULL.)
  */
-static Const *
-transition_constant(Node *node, AttrNumber attnum)
+Const *
+statehub_transition_constant(Node *node, int varno, AttrNumber attnum)
 {
 	ListCell   *lc;
 
@@ -156,7 +158,7 @@ transition_constant(Node *node, AttrNumber attnum)
 
 		foreach(lc, args)
 		{
-			Const	   *c = transition_constant(lfirst(lc), attnum);
+			Const	   *c = statehub_transition_constant(lfirst(lc), varno, attnum);
 
 			if (c != NULL)
 				return c;
@@ -168,7 +170,7 @@ transition_constant(Node *node, AttrNumber attnum)
 		Node	   *left = strip_coercions(linitial(((OpExpr *) node)->args));
 		Node	   *right = strip_coercions(lsecond(((OpExpr *) node)->args));
 
-		if (IsA(left, Var) && ((Var *) left)->varno == PRS2_NEW_VARNO &&
+		if (IsA(left, Var) && ((Var *) left)->varno == varno &&
 			((Var *) left)->varattno == attnum && IsA(right, Const) &&
 			!((Const *) right)->constisnull)
 			return (Const *) right;
@@ -265,7 +267,8 @@ backfill_query(Relation rel, Trigger *trigger, StatehubMapping *mapping,
 		Const	   *c = NULL;
 
 		if (attnum != InvalidAttrNumber && trigger->tgqual != NULL)
-			c = transition_constant(stringToNode(trigger->tgqual), attnum);
+			c = statehub_transition_constant(stringToNode(trigger->tgqual),
+											 PRS2_NEW_VARNO, attnum);
 		if (c == NULL)
 			elog(ERROR, "capture trigger \"%s\" of table \"%s\" compares no column with a value",
 				 trigger->tgname, RelationGetRelationName(rel));

@@ -40,19 +40,69 @@
 #include "statehub_events.h"
 
 /*
- * Decide, as to_json() does, how a column's type is rendered: look through
- * domains; booleans, numbers, date/times and json(b) have their own form;
+ * Decide, as to_json() does, how a type (looked through its domains) is
+ * rendered: booleans, numbers, date/times and json(b) have their own form;
  * arrays and composites recurse; a non-built-in type with a cast to json
  * uses the cast; everything else is its output text as a JSON string.
- * The column is published under key_name (its own name when NULL).
+ * *funcoid is set to the function that renders a value (InvalidOid when
+ * none is needed).
+ */
+StatehubJsonKind
+statehub_json_kind(Oid basetype, Oid *funcoid)
+{
+	bool		isvarlena;
+	Oid			castfunc = InvalidOid;
+
+	*funcoid = InvalidOid;
+	switch (basetype)
+	{
+		case BOOLOID:
+			return STATEHUB_JSON_BOOL;
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+		case FLOAT4OID:
+		case FLOAT8OID:
+		case NUMERICOID:
+			getTypeOutputInfo(basetype, funcoid, &isvarlena);
+			return STATEHUB_JSON_NUMBER;
+		case DATEOID:
+		case TIMESTAMPOID:
+		case TIMESTAMPTZOID:
+			return STATEHUB_JSON_DATETIME;
+		case JSONOID:
+		case JSONBOID:
+			getTypeOutputInfo(basetype, funcoid, &isvarlena);
+			return STATEHUB_JSON_JSON;
+		default:
+			break;
+	}
+	if (OidIsValid(get_element_type(basetype)))
+		return STATEHUB_JSON_ARRAY;
+	if (type_is_rowtype(basetype))
+		return STATEHUB_JSON_COMPOSITE;
+	if (basetype >= FirstNormalObjectId &&
+		find_coercion_pathway(JSONOID, basetype, COERCION_EXPLICIT,
+							  &castfunc) == COERCION_PATH_FUNC &&
+		OidIsValid(castfunc))
+	{
+		*funcoid = castfunc;
+		return STATEHUB_JSON_CAST;
+	}
+	getTypeOutputInfo(basetype, funcoid, &isvarlena);
+	return STATEHUB_JSON_STRING;
+}
+
+/*
+ * Prepare a column for rendering (statehub_json_kind decides how).  The
+ * column is published under key_name (its own name when NULL).
  */
 void
 statehub_column_init(StatehubColumn *col, Form_pg_attribute att,
 					 const char *key_name, MemoryContext mcxt)
 {
 	Oid			typoid = getBaseType(att->atttypid);
-	Oid			funcoid = InvalidOid;
-	bool		isvarlena;
+	Oid			funcoid;
 	StringInfoData key;
 
 	col->attnum = att->attnum;
@@ -65,56 +115,7 @@ statehub_column_init(StatehubColumn *col, Form_pg_attribute att,
 	col->keylen = key.len;
 	pfree(key.data);
 
-	switch (typoid)
-	{
-		case BOOLOID:
-			col->kind = STATEHUB_JSON_BOOL;
-			break;
-		case INT2OID:
-		case INT4OID:
-		case INT8OID:
-		case FLOAT4OID:
-		case FLOAT8OID:
-		case NUMERICOID:
-			col->kind = STATEHUB_JSON_NUMBER;
-			getTypeOutputInfo(typoid, &funcoid, &isvarlena);
-			break;
-		case DATEOID:
-		case TIMESTAMPOID:
-		case TIMESTAMPTZOID:
-			col->kind = STATEHUB_JSON_DATETIME;
-			break;
-		case JSONOID:
-		case JSONBOID:
-			col->kind = STATEHUB_JSON_JSON;
-			getTypeOutputInfo(typoid, &funcoid, &isvarlena);
-			break;
-		default:
-			if (OidIsValid(get_element_type(typoid)))
-				col->kind = STATEHUB_JSON_ARRAY;
-			else if (type_is_rowtype(typoid))
-				col->kind = STATEHUB_JSON_COMPOSITE;
-			else
-			{
-				Oid			castfunc = InvalidOid;
-
-				if (typoid >= FirstNormalObjectId &&
-					find_coercion_pathway(JSONOID, typoid, COERCION_EXPLICIT,
-										  &castfunc) == COERCION_PATH_FUNC &&
-					OidIsValid(castfunc))
-				{
-					col->kind = STATEHUB_JSON_CAST;
-					funcoid = castfunc;
-				}
-				else
-				{
-					col->kind = STATEHUB_JSON_STRING;
-					getTypeOutputInfo(typoid, &funcoid, &isvarlena);
-				}
-			}
-			break;
-	}
-
+	col->kind = statehub_json_kind(typoid, &funcoid);
 	if (OidIsValid(funcoid))
 		fmgr_info_cxt(funcoid, &col->func, mcxt);
 }

@@ -42,6 +42,7 @@ typedef struct StatehubColumn
 	FmgrInfo	func;			/* output function, or the cast to json */
 } StatehubColumn;
 
+extern StatehubJsonKind statehub_json_kind(Oid basetype, Oid *funcoid);
 extern void statehub_column_init(StatehubColumn *col, Form_pg_attribute att,
 								 const char *key_name, MemoryContext mcxt);
 extern void statehub_append_value(StringInfo buf, StatehubColumn *col,

@@ -73,6 +73,7 @@
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/formatting.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
@@ -947,12 +948,13 @@ append_capture_call(StringInfo ddl, Relation rel, TrackSpec *spec,
 
 /*
  * A declaration in words, for the NOTICE of a replaced one: "column
- * \"status\" from 'open' to 'stale', attributes {id,title}".
+ * \"status\" from 'open' to 'stale', attributes {id,title}".  keys, when
+ * not NULL, are the keys an all-columns declaration publishes.
  */
 static char *
 describe_declaration(const char *column, const char *from_value,
 					 const char *to_value, const char *attributes,
-					 const char *condition)
+					 const char *keys, const char *condition)
 {
 	StringInfoData buf;
 
@@ -964,6 +966,8 @@ describe_declaration(const char *column, const char *from_value,
 						 quote_literal_cstr(to_value));
 	if (attributes != NULL)
 		appendStringInfo(&buf, "attributes %s", attributes);
+	else if (keys != NULL)
+		appendStringInfo(&buf, "all columns, keys %s", keys);
 	else
 		appendStringInfoString(&buf, "all columns");
 	if (condition != NULL)
@@ -971,7 +975,38 @@ describe_declaration(const char *column, const char *from_value,
 	return buf.data;
 }
 
-/* NOTICE that the declaration in force of (table, event type) is replaced. */
+/*
+ * The keys a declaration of spec publishes, as text[] prints them: the
+ * attribute names, or every column of the table now.
+ */
+static char *
+declared_keys(Relation rel, TrackSpec *spec, List *names)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	Datum	   *keys = palloc(sizeof(Datum) * Max(desc->natts + list_length(names), 1));
+	int			nkeys = 0;
+	ListCell   *lc;
+
+	if (spec->attributes == NULL)
+	{
+		for (int i = 0; i < desc->natts; i++)
+		{
+			if (!TupleDescAttr(desc, i)->attisdropped)
+				keys[nkeys++] = CStringGetTextDatum(NameStr(TupleDescAttr(desc, i)->attname));
+		}
+	}
+	foreach(lc, names)
+		keys[nkeys++] = CStringGetTextDatum((char *) lfirst(lc));
+	return OidOutputFunctionCall(F_ARRAY_OUT,
+								 PointerGetDatum(construct_array(keys, nkeys, TEXTOID, -1,
+																 false, TYPALIGN_INT)));
+}
+
+/*
+ * NOTICE that the declaration in force of (table, event type) is replaced.
+ * When the keys published change with it (an all-columns event declared
+ * again after a rename), both lists are shown: that is the contract change.
+ */
 static void
 notice_replaced(Relation rel, TrackSpec *spec, List *names)
 {
@@ -982,11 +1017,18 @@ notice_replaced(Relation rel, TrackSpec *spec, List *names)
 	char	   *before;
 	char	   *now;
 	char	   *attributes = NULL;
+	char	   *before_keys;
+	char	   *now_keys;
 
 	args[0] = ObjectIdGetDatum(RelationGetRelid(rel));
 	args[1] = CStringGetTextDatum(spec->event_type);
 	execute_as_owner("SELECT m.column_name::pg_catalog.text, m.from_value, m.to_value,"
-					 "       m.attributes::pg_catalog.text, m.condition"
+					 "       m.attributes::pg_catalog.text, m.condition,"
+					 "       (SELECT a.attribute_keys::pg_catalog.text"
+					 "          FROM pg_catalog.pg_trigger t,"
+					 "               statehub_events.capture_arguments(t.oid) a"
+					 "         WHERE t.tgrelid OPERATOR(pg_catalog.=) m.table_name::pg_catalog.oid"
+					 "           AND t.tgname OPERATOR(pg_catalog.=) m.trigger_name)"
 					 "  FROM statehub_events.mapping m"
 					 " WHERE m.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1"
 					 "   AND m.event_type OPERATOR(pg_catalog.=) $2",
@@ -995,9 +1037,13 @@ notice_replaced(Relation rel, TrackSpec *spec, List *names)
 		return;
 	row = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
+	before_keys = SPI_getvalue(row, desc, 6);
+	now_keys = declared_keys(rel, spec, names);
+	if (before_keys != NULL && strcmp(before_keys, now_keys) == 0)
+		before_keys = now_keys = NULL;
 	before = describe_declaration(SPI_getvalue(row, desc, 1), SPI_getvalue(row, desc, 2),
 								  SPI_getvalue(row, desc, 3), SPI_getvalue(row, desc, 4),
-								  SPI_getvalue(row, desc, 5));
+								  before_keys, SPI_getvalue(row, desc, 5));
 	if (spec->attributes != NULL)
 	{
 		StringInfoData buf;
@@ -1012,7 +1058,7 @@ notice_replaced(Relation rel, TrackSpec *spec, List *names)
 		attributes = buf.data;
 	}
 	now = describe_declaration(spec->column_name, spec->from_value, spec->to_value,
-							   attributes, spec->condition);
+							   attributes, now_keys, spec->condition);
 	ereport(NOTICE,
 			(errmsg("event \"%s\" on table \"%s\" is declared again: the declaration in force is replaced",
 					spec->event_type, RelationGetRelationName(rel)),

@@ -20,14 +20,24 @@
  *   it already).
  * - ALTER TABLE ... ADD COLUMN where all columns are published: a column
  *   whose name is already a key, or "previous" next to a transition's old
- *   value, is refused by follow_column_renames (never a duplicate key).
+ *   value, is refused by follow_column_renames (never a duplicate key), on
+ *   every partition the column reaches.
+ * - ALTER TABLE ... ALTER COLUMN ... TYPE of a published column:
+ *   refuse_retyping_attribute_columns (ddl_command_start, while the old
+ *   type is there to compare) refuses it when the column's JSON form would
+ *   change.
+ * - ALTER TYPE ... RENAME / ADD / DROP / ALTER ATTRIBUTE ... CASCADE on the
+ *   type of typed tables: the same functions, on every table typed with it
+ *   (reached_tables).
  *
  * Rewriting a trigger's arguments updates its pg_trigger row in place (as
  * ALTER TRIGGER ... RENAME does its name), with a relcache invalidation so
  * every backend rebuilds its capture cache.  The same rewrite converts 1.1
  * triggers (column names, UPDATE OF column) when the extension is updated.
  *
- * capture_arguments() decodes the arguments for the mappings view.
+ * capture_arguments() decodes the arguments for the mappings view, and
+ * transition_values() the enum labels a transition compares with as they
+ * are called now (ALTER TYPE ... RENAME VALUE).
  *
  *-------------------------------------------------------------------------
  */
@@ -39,6 +49,7 @@
 #include "access/table.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_trigger.h"
 #include "commands/event_trigger.h"
@@ -46,21 +57,27 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "nodes/parsenodes.h"
+#include "nodes/readfuncs.h"
 #include "parser/parse_func.h"
+#include "parser/parse_type.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
 #include "utils/rel.h"
 
 #include "catalog_checks.h"
+#include "envelope.h"
 #include "statehub_events.h"
 
 PG_FUNCTION_INFO_V1(follow_column_renames);
 PG_FUNCTION_INFO_V1(refuse_dropping_attribute_columns);
+PG_FUNCTION_INFO_V1(refuse_retyping_attribute_columns);
 PG_FUNCTION_INFO_V1(migrate_capture_triggers);
 PG_FUNCTION_INFO_V1(capture_arguments);
+PG_FUNCTION_INFO_V1(transition_values);
 
 /* A capture trigger's arguments, as they are about to be written back. */
 typedef struct ArgList
@@ -343,9 +360,59 @@ check_new_columns(Relation tgrel, HeapTuple tup, void *arg)
 }
 
 /*
- * Event trigger at ddl_command_end of ALTER TABLE: a renamed column is
- * renamed in the capture triggers of the table and of its partitions; a
- * column added where all columns are published must not repeat a key.
+ * The tables a column change of relid reaches: a table and its partitions
+ * (and inheritance children), or, for a composite type changed with
+ * ALTER TYPE ... CASCADE, every table typed with it and their partitions.
+ * Each may carry declarations of its own.
+ */
+static List *
+reached_tables(Oid relid)
+{
+	Relation	classrel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	List	   *result = NIL;
+
+	if (get_rel_relkind(relid) != RELKIND_COMPOSITE_TYPE)
+		return find_all_inheritors(relid, NoLock, NULL);
+
+	/* pg_class has no index on reloftype (tablecmds.c scans it too) */
+	classrel = table_open(RelationRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_class_reloftype, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(get_rel_type_id(relid)));
+	scan = systable_beginscan(classrel, InvalidOid, false, NULL, 1, &key);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+		result = list_concat_unique_oid(result,
+										find_all_inheritors(((Form_pg_class) GETSTRUCT(tup))->oid,
+															NoLock, NULL));
+	systable_endscan(scan);
+	table_close(classrel, AccessShareLock);
+	return result;
+}
+
+/* check_new_columns on every table a command on relid reached. */
+static void
+check_new_columns_reached(Oid relid)
+{
+	ListCell   *lc;
+
+	foreach(lc, reached_tables(relid))
+	{
+		/* the command holds its lock on each */
+		Relation	rel = relation_open(lfirst_oid(lc), NoLock);
+
+		visit_capture_triggers(RelationGetRelid(rel), check_new_columns, rel);
+		relation_close(rel, NoLock);
+	}
+}
+
+/*
+ * Event trigger at ddl_command_end of ALTER TABLE and ALTER TYPE: a
+ * renamed column (or attribute of a type tables are typed with) is renamed
+ * in the capture triggers of every table the command reached; a column
+ * added where all columns are published must not repeat a key, on any of
+ * them (a declaration on a partition included).
  */
 Datum
 follow_column_renames(PG_FUNCTION_ARGS)
@@ -361,7 +428,8 @@ follow_column_renames(PG_FUNCTION_ARGS)
 				 errmsg("function \"follow_column_renames\" was not called by event trigger manager")));
 	parsetree = trigdata->parsetree;
 	if (IsA(parsetree, RenameStmt) &&
-		((RenameStmt *) parsetree)->renameType == OBJECT_COLUMN)
+		(((RenameStmt *) parsetree)->renameType == OBJECT_COLUMN ||
+		 ((RenameStmt *) parsetree)->renameType == OBJECT_ATTRIBUTE))
 		relation = ((RenameStmt *) parsetree)->relation;
 	else if (IsA(parsetree, AlterTableStmt))
 		relation = ((AlterTableStmt *) parsetree)->relation;
@@ -378,45 +446,78 @@ follow_column_renames(PG_FUNCTION_ARGS)
 		const char *renamed[2] = {stmt->subname, stmt->newname};
 		ListCell   *lc;
 
-		foreach(lc, find_all_inheritors(relid, NoLock, NULL))
+		foreach(lc, reached_tables(relid))
 			visit_capture_triggers(lfirst_oid(lc), rename_in_trigger, renamed);
 	}
 	else
-	{
-		Relation	rel = relation_open(relid, NoLock);
-
-		visit_capture_triggers(relid, check_new_columns, rel);
-		relation_close(rel, NoLock);
-	}
+		check_new_columns_reached(relid);
 	CommandCounterIncrement();
 	PG_RETURN_VOID();
 }
 
-/* Raise the ERROR when a trigger publishes the dropped column. */
-typedef struct DroppedColumn
+/*
+ * A column about to be dropped (newtype NULL) or to change its type to
+ * newtype, on table.
+ */
+typedef struct ChangedColumn
 {
 	const char *table;
 	const char *column;
-} DroppedColumn;
+	const char *newtype;
+} ChangedColumn;
 
+/* Raise the ERROR when a trigger publishes the changed column. */
 static void
-check_dropped_column(Relation tgrel, HeapTuple tup, void *arg)
+check_changed_column(Relation tgrel, HeapTuple tup, void *arg)
 {
-	DroppedColumn *dropped = (DroppedColumn *) arg;
+	ChangedColumn *changed = (ChangedColumn *) arg;
 	StatehubCaptureArgs parsed;
 
 	if (!decode_trigger(tgrel, tup, &parsed, NULL))
 		return;
 	for (int i = 0; i < parsed.npairs; i++)
 	{
-		if (strcmp(parsed.columns[i], dropped->column) == 0)
+		if (strcmp(parsed.columns[i], changed->column) != 0)
+			continue;
+		if (changed->newtype == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
 					 errmsg("cannot drop column \"%s\" of table \"%s\" because event \"%s\" publishes it",
-							dropped->column, dropped->table, parsed.event_type),
+							changed->column, changed->table, parsed.event_type),
 					 errdetail("The event carries the column under the key \"%s\".",
 							   parsed.keys[i]),
 					 errhint("Declare the event again without it (or untrack it) first.")));
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("cannot alter type of column \"%s\" of table \"%s\" because event \"%s\" publishes it",
+						changed->column, changed->table, parsed.event_type),
+				 errdetail("The event carries the column under the key \"%s\"; as %s its value would change its JSON form.",
+						   parsed.keys[i], changed->newtype),
+				 errhint("Declare the event again without it (or untrack it) first.")));
+	}
+}
+
+/*
+ * check_changed_column on the table a column was dropped from, or, for an
+ * attribute of a composite type (ALTER TYPE ... DROP ATTRIBUTE ...
+ * CASCADE), on every table typed with it.
+ */
+static void
+check_dropped_column_reached(Oid relid, ChangedColumn *dropped)
+{
+	ListCell   *lc;
+
+	if (get_rel_relkind(relid) != RELKIND_COMPOSITE_TYPE)
+	{
+		visit_capture_triggers(relid, check_changed_column, dropped);
+		return;
+	}
+	foreach(lc, reached_tables(relid))
+	{
+		ChangedColumn typed = *dropped;
+
+		typed.table = get_rel_name(lfirst_oid(lc));
+		visit_capture_triggers(lfirst_oid(lc), check_changed_column, &typed);
 	}
 }
 
@@ -447,14 +548,114 @@ refuse_dropping_attribute_columns(PG_FUNCTION_ARGS)
 		Oid			relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
 														   SPI_tuptable->tupdesc,
 														   1, &isnull));
-		DroppedColumn dropped;
+		ChangedColumn dropped = {0};
 
 		dropped.table = get_rel_name(relid);
 		dropped.column = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
 		if (dropped.table != NULL && dropped.column != NULL)
-			visit_capture_triggers(relid, check_dropped_column, &dropped);
+			check_dropped_column_reached(relid, &dropped);
 	}
 	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/*
+ * Whether values of type oldtype and newtype are published alike: the
+ * same type (a typmod or domain change), or both numbers, both strings or
+ * both booleans in JSON.  Anything else (a number that becomes a string,
+ * a date that becomes text, arrays and composites of another element)
+ * changes what consumers receive.
+ */
+static bool
+json_rendering_kept(Oid oldtype, Oid newtype)
+{
+	Oid			oldbase = getBaseType(oldtype);
+	Oid			newbase = getBaseType(newtype);
+	Oid			funcoid;
+	StatehubJsonKind kind;
+
+	if (oldbase == newbase)
+		return true;
+	kind = statehub_json_kind(oldbase, &funcoid);
+	if (kind != statehub_json_kind(newbase, &funcoid))
+		return false;
+	return kind == STATEHUB_JSON_NUMBER || kind == STATEHUB_JSON_STRING ||
+		kind == STATEHUB_JSON_BOOL;
+}
+
+/*
+ * Check one ALTER COLUMN ... TYPE (or ALTER ATTRIBUTE ... TYPE) against
+ * the declarations of every table it reaches.
+ */
+static void
+check_retyped_reached(Oid relid, AlterTableCmd *cmd)
+{
+	ColumnDef  *def = (ColumnDef *) cmd->def;
+	Type		newtype;
+	Oid			newtypoid;
+	int32		typmod;
+	ListCell   *lc;
+
+	/* an unknown type: the command fails on its own */
+	newtype = LookupTypeName(NULL, def->typeName, &typmod, true);
+	if (newtype == NULL)
+		return;
+	newtypoid = typeTypeId(newtype);
+	ReleaseSysCache(newtype);
+	/* without CASCADE, ALTER TYPE refuses typed tables itself */
+	if (get_rel_relkind(relid) == RELKIND_COMPOSITE_TYPE &&
+		cmd->behavior != DROP_CASCADE)
+		return;
+
+	foreach(lc, reached_tables(relid))
+	{
+		Oid			tableoid = lfirst_oid(lc);
+		AttrNumber	attnum = get_attnum(tableoid, cmd->name);
+		ChangedColumn retyped;
+
+		if (attnum == InvalidAttrNumber ||
+			json_rendering_kept(get_atttype(tableoid, attnum), newtypoid))
+			continue;
+		retyped.table = get_rel_name(tableoid);
+		retyped.column = cmd->name;
+		retyped.newtype = format_type_be(newtypoid);
+		visit_capture_triggers(tableoid, check_changed_column, &retyped);
+	}
+}
+
+/*
+ * Event trigger at ddl_command_start of ALTER TABLE and ALTER TYPE: refuse
+ * to change the type of a column a declared event publishes when its JSON
+ * form would change (issue 12: "12.50" would become 12.50 in the events).
+ * It runs before the command, while the old type is still there to compare;
+ * the command takes its locks after it, so a concurrent declaration may
+ * slip by (as with any check made at ddl_command_start).
+ */
+Datum
+refuse_retyping_attribute_columns(PG_FUNCTION_ARGS)
+{
+	EventTriggerData *trigdata = (EventTriggerData *) fcinfo->context;
+	AlterTableStmt *stmt;
+	Oid			relid;
+	ListCell   *lc;
+
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"refuse_retyping_attribute_columns\" was not called by event trigger manager")));
+	if (!IsA(trigdata->parsetree, AlterTableStmt))
+		PG_RETURN_VOID();
+	stmt = (AlterTableStmt *) trigdata->parsetree;
+	relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+	if (!OidIsValid(relid))
+		PG_RETURN_VOID();
+	foreach(lc, stmt->cmds)
+	{
+		AlterTableCmd *cmd = lfirst_node(AlterTableCmd, lc);
+
+		if (cmd->subtype == AT_AlterColumnType)
+			check_retyped_reached(relid, cmd);
+	}
 	PG_RETURN_VOID();
 }
 
@@ -522,18 +723,24 @@ migrate_capture_triggers(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/* One row of a function's result, being filled. */
+typedef struct ResultRow
+{
+	Datum	   *values;
+	bool	   *nulls;
+} ResultRow;
+
 /*
- * capture_arguments(trigger oid): what a capture trigger publishes, for the
- * mappings view: the tracked column's key and column, and the attribute
- * keys and the column each is read from now.  NULLs for other triggers.
+ * The result row of a function of a trigger oid (its first argument):
+ * fill is called on the trigger's pg_trigger row when it is a capture
+ * trigger; the columns it leaves are NULL.
  */
-Datum
-capture_arguments(PG_FUNCTION_ARGS)
+static Datum
+capture_trigger_row(FunctionCallInfo fcinfo, TriggerVisitor fill)
 {
 	Oid			tgoid = PG_GETARG_OID(0);
 	TupleDesc	tupdesc;
-	Datum		values[4] = {0};
-	bool		nulls[4] = {true, true, true, true};
+	ResultRow	row;
 	Relation	tgrel;
 	ScanKeyData key;
 	SysScanDesc scan;
@@ -541,6 +748,9 @@ capture_arguments(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
+	row.values = palloc0(sizeof(Datum) * tupdesc->natts);
+	row.nulls = palloc(sizeof(bool) * tupdesc->natts);
+	memset(row.nulls, true, sizeof(bool) * tupdesc->natts);
 
 	tgrel = table_open(TriggerRelationId, AccessShareLock);
 	ScanKeyInit(&key, Anum_pg_trigger_oid, BTEqualStrategyNumber,
@@ -549,34 +759,111 @@ capture_arguments(PG_FUNCTION_ARGS)
 	tup = systable_getnext(scan);
 	if (HeapTupleIsValid(tup) &&
 		((Form_pg_trigger) GETSTRUCT(tup))->tgfoid == capture_function_oid())
-	{
-		StatehubCaptureArgs parsed;
-		Datum	   *keys;
-		Datum	   *columns;
-
-		if (!decode_trigger(tgrel, tup, &parsed, NULL))
-			memset(&parsed, 0, sizeof(parsed));
-		if (parsed.tracked_column != NULL)
-		{
-			values[0] = CStringGetTextDatum(parsed.tracked_key);
-			values[1] = CStringGetTextDatum(parsed.tracked_column);
-			nulls[0] = nulls[1] = false;
-		}
-		keys = palloc(sizeof(Datum) * Max(parsed.npairs, 1));
-		columns = palloc(sizeof(Datum) * Max(parsed.npairs, 1));
-		for (int i = 0; i < parsed.npairs; i++)
-		{
-			keys[i] = CStringGetTextDatum(parsed.keys[i]);
-			columns[i] = CStringGetTextDatum(parsed.columns[i]);
-		}
-		values[2] = PointerGetDatum(construct_array(keys, parsed.npairs, TEXTOID,
-													-1, false, TYPALIGN_INT));
-		values[3] = PointerGetDatum(construct_array(columns, parsed.npairs, TEXTOID,
-													-1, false, TYPALIGN_INT));
-		nulls[2] = nulls[3] = false;
-	}
+		fill(tgrel, tup, &row);
 	systable_endscan(scan);
 	table_close(tgrel, AccessShareLock);
 
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+	return HeapTupleGetDatum(heap_form_tuple(tupdesc, row.values, row.nulls));
+}
+
+/* capture_arguments' columns, from a capture trigger. */
+static void
+fill_capture_arguments(Relation tgrel, HeapTuple tup, void *arg)
+{
+	ResultRow  *row = (ResultRow *) arg;
+	StatehubCaptureArgs parsed;
+	Datum	   *keys;
+	Datum	   *columns;
+
+	if (!decode_trigger(tgrel, tup, &parsed, NULL))
+		memset(&parsed, 0, sizeof(parsed));
+	if (parsed.tracked_column != NULL)
+	{
+		row->values[0] = CStringGetTextDatum(parsed.tracked_key);
+		row->values[1] = CStringGetTextDatum(parsed.tracked_column);
+		row->nulls[0] = row->nulls[1] = false;
+	}
+	keys = palloc(sizeof(Datum) * Max(parsed.npairs, 1));
+	columns = palloc(sizeof(Datum) * Max(parsed.npairs, 1));
+	for (int i = 0; i < parsed.npairs; i++)
+	{
+		keys[i] = CStringGetTextDatum(parsed.keys[i]);
+		columns[i] = CStringGetTextDatum(parsed.columns[i]);
+	}
+	row->values[2] = PointerGetDatum(construct_array(keys, parsed.npairs, TEXTOID,
+													 -1, false, TYPALIGN_INT));
+	row->values[3] = PointerGetDatum(construct_array(columns, parsed.npairs, TEXTOID,
+													 -1, false, TYPALIGN_INT));
+	row->nulls[2] = row->nulls[3] = false;
+}
+
+/*
+ * capture_arguments(trigger oid): what a capture trigger publishes, for the
+ * mappings view: the tracked column's key and column, and the attribute
+ * keys and the column each is read from now.  NULLs for other triggers.
+ */
+Datum
+capture_arguments(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_DATUM(capture_trigger_row(fcinfo, fill_capture_arguments));
+}
+
+/* The enum label a transition trigger compares with, or NULL. */
+static char *
+compared_label(Node *qual, int varno, AttrNumber attnum)
+{
+	Const	   *c = statehub_transition_constant(qual, varno, attnum);
+	Oid			outfunc;
+	bool		isvarlena;
+
+	if (c == NULL || !type_is_enum(getBaseType(c->consttype)))
+		return NULL;
+	getTypeOutputInfo(c->consttype, &outfunc, &isvarlena);
+	return OidOutputFunctionCall(outfunc, c->constvalue);
+}
+
+/* transition_values' columns, from a capture trigger. */
+static void
+fill_transition_values(Relation tgrel, HeapTuple tup, void *arg)
+{
+	ResultRow  *row = (ResultRow *) arg;
+	StatehubCaptureArgs parsed;
+	bool		isnull;
+	Datum		qual = heap_getattr(tup, Anum_pg_trigger_tgqual,
+									RelationGetDescr(tgrel), &isnull);
+	AttrNumber	attnum;
+	Node	   *expr;
+	char	   *label[2];
+
+	if (isnull || !decode_trigger(tgrel, tup, &parsed, NULL) ||
+		parsed.tracked_column == NULL)
+		return;
+	attnum = get_attnum(((Form_pg_trigger) GETSTRUCT(tup))->tgrelid,
+						parsed.tracked_column);
+	expr = stringToNode(TextDatumGetCString(qual));
+	label[0] = compared_label(expr, PRS2_OLD_VARNO, attnum);
+	label[1] = compared_label(expr, PRS2_NEW_VARNO, attnum);
+	for (int i = 0; i < 2; i++)
+	{
+		if (label[i] != NULL)
+		{
+			row->values[i] = CStringGetTextDatum(label[i]);
+			row->nulls[i] = false;
+		}
+	}
+}
+
+/*
+ * transition_values(trigger oid): the from_value and to_value a transition
+ * trigger's WHEN clause compares with, when they are enum labels, as they
+ * read now.  The clause holds the label's oid: after ALTER TYPE ... RENAME
+ * VALUE the trigger fires on the new label while the mapping keeps the
+ * declared text.  Other types read as declared (the clause holds the value
+ * converted at declaration, and the declared text shows it without the
+ * caller's DateStyle): NULLs, and the mappings view shows the declaration.
+ */
+Datum
+transition_values(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_DATUM(capture_trigger_row(fcinfo, fill_transition_values));
 }

@@ -24,6 +24,7 @@
 #include "access/tupdesc.h"
 #include "datatype/timestamp.h"
 #include "lib/stringinfo.h"
+#include "nodes/primnodes.h"
 #include "utils/relcache.h"
 #include "utils/reltrigger.h"
 
@@ -98,6 +99,10 @@ extern const char *statehub_capture_envelope(StringInfo buf, Trigger *trigger,
 											 TimestampTz now);
 extern AttrNumber statehub_capture_tracked_column(Trigger *trigger,
 												  Relation rel);
+
+/* backfill.c: a value a transition trigger's WHEN clause compares with */
+extern Const *statehub_transition_constant(Node *node, int varno,
+										   AttrNumber attnum);
 
 /* mapping.c: what backfill() (backfill.c) needs of a declaration */
 typedef struct StatehubMapping
