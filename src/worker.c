@@ -291,6 +291,13 @@ ensure_connected(void)
 
 	if (!statehub_nats_connected())
 	{
+		/*
+		 * A connection that was in use is gone (its server died or closed
+		 * it): say so, in the log and in last_error, even when the next
+		 * server of the list takes over at once.
+		 */
+		if (state == STATEHUB_WORKER_CONNECTED)
+			set_state(STATEHUB_WORKER_BACKOFF, "connection to NATS lost, reconnecting");
 		if (GetCurrentTimestamp() < next_attempt_at)
 			return statehub_ms_until(next_attempt_at);
 		/* retries keep the state "backoff": it is logged once */

@@ -198,10 +198,16 @@ phase(
 		my $server = StatehubTest::worker_status($node)->{server};
 		my $victim = $cluster->node_of_url($server);
 		ok($victim, "the worker is connected to a node ($server)");
+		my $log_offset = -s $node->logfile;
 		$victim->kill9;
 		ok( StatehubTest::wait_for_status($node,
 				"state = 'connected' AND server <> '$server'"),
 			'the worker connects to another node');
+		like(substr(slurp_file($node->logfile), $log_offset),
+			qr/DETAIL:  connection to NATS lost, reconnecting/,
+			'the lost connection is logged');
+		like(StatehubTest::worker_status($node)->{last_error} // '',
+			qr/connection to NATS lost/, 'and is the last error');
 		flowing('connected node down', 100);
 		$victim->start;
 		ok($cluster->wait_healthy($stream), 'the node is back and current');
