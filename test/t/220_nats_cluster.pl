@@ -204,7 +204,7 @@ phase(
 				"state = 'connected' AND server <> '$server'"),
 			'the worker connects to another node');
 		like(substr(slurp_file($node->logfile), $log_offset),
-			qr/DETAIL:  connection to NATS lost, reconnecting/,
+			qr/statehub_events worker could not deliver events to NATS, retrying/,
 			'the lost connection is logged');
 		flowing('connected node down', 100);
 		$victim->start;
