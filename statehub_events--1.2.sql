@@ -610,31 +610,6 @@ LANGUAGE C STABLE STRICT;
 COMMENT ON FUNCTION statehub_events.capture_arguments(pg_catalog.oid) IS
 'The keys a capture trigger publishes and the columns they are read from; read it through the mappings view.';
 
-CREATE OR REPLACE VIEW statehub_events.mappings AS
-SELECT m.table_name,
-       m.event_type,
-       m.operation,
-       a.column_name::pg_catalog.name COLLATE pg_catalog."C" AS column_name,
-       m.from_value,
-       m.to_value,
-       m.attributes,
-       m.condition,
-       a.column_key,
-       a.attribute_keys,
-       a.attribute_columns
-  FROM statehub_events.mapping m
-  JOIN pg_catalog.pg_trigger t
-    ON t.tgrelid = m.table_name::pg_catalog.oid
-   AND t.tgname = m.trigger_name
- CROSS JOIN LATERAL statehub_events.capture_arguments(t.oid) a
- ORDER BY m.table_name::pg_catalog.text, m.event_type;
-
-COMMENT ON COLUMN statehub_events.mappings.column_name IS 'The tracked column as it is called now.';
-COMMENT ON COLUMN statehub_events.mappings.attributes IS 'The attribute list as declared (NULL: all columns).';
-COMMENT ON COLUMN statehub_events.mappings.column_key IS 'The key of the tracked column''s old value under "previous" (fixed at declaration).';
-COMMENT ON COLUMN statehub_events.mappings.attribute_keys IS 'The attribute keys published (fixed at declaration; with all columns, columns added later follow under their own name).';
-COMMENT ON COLUMN statehub_events.mappings.attribute_columns IS 'The column each attribute key is read from now.';
-
 /*
  * A RENAME COLUMN renames the column in the capture triggers' arguments
  * (their keys stay); a column added where all columns are published may
@@ -757,6 +732,11 @@ SELECT m.table_name,
 
 COMMENT ON COLUMN statehub_events.mappings.from_value IS 'The previous value a transition requires (NULL: any), as its trigger compares it now (an enum label renamed since the declaration reads renamed).';
 COMMENT ON COLUMN statehub_events.mappings.to_value IS 'The value a transition fires on, as its trigger compares it now (an enum label renamed since the declaration reads renamed).';
+COMMENT ON COLUMN statehub_events.mappings.column_name IS 'The tracked column as it is called now.';
+COMMENT ON COLUMN statehub_events.mappings.attributes IS 'The attribute list as declared (NULL: all columns).';
+COMMENT ON COLUMN statehub_events.mappings.column_key IS 'The key of the tracked column''s old value under "previous" (fixed at declaration).';
+COMMENT ON COLUMN statehub_events.mappings.attribute_keys IS 'The attribute keys published (fixed at declaration; with all columns, columns added later follow under their own name).';
+COMMENT ON COLUMN statehub_events.mappings.attribute_columns IS 'The column each attribute key is read from now.';
 
 -- ---------------------------------------------------------------------------
 -- Backfill (1.2, issue 11): events for the rows that existed before their
