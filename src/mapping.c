@@ -670,7 +670,7 @@ statehub_mapping_lookup(Relation rel, const char *event_type,
 
 	args[0] = ObjectIdGetDatum(RelationGetRelid(rel));
 	args[1] = CStringGetTextDatum(event_type);
-	execute_as_owner("SELECT m.operation, m.trigger_name, m.to_value, m.condition"
+	execute_as_owner("SELECT m.operation, m.trigger_name"
 					 "  FROM statehub_events.mapping m"
 					 "  JOIN pg_catalog.pg_trigger t"
 					 "    ON t.tgrelid OPERATOR(pg_catalog.=) m.table_name::pg_catalog.oid"
@@ -684,8 +684,6 @@ statehub_mapping_lookup(Relation rel, const char *event_type,
 	desc = SPI_tuptable->tupdesc;
 	mapping->operation = SPI_getvalue(tup, desc, 1);
 	mapping->trigger_name = SPI_getvalue(tup, desc, 2);
-	mapping->to_value = SPI_getvalue(tup, desc, 3);
-	mapping->condition = SPI_getvalue(tup, desc, 4);
 	return true;
 }
 

@@ -108,9 +108,7 @@ extern Const *statehub_transition_constant(Node *node, int varno,
 typedef struct StatehubMapping
 {
 	char	   *operation;		/* "insert", "update" or "delete" */
-	char	   *trigger_name;
-	char	   *to_value;		/* update only */
-	char	   *condition;		/* insert only, or NULL */
+	char	   *trigger_name;	/* its capture trigger holds the rest */
 } StatehubMapping;
 
 extern void statehub_check_declare_rights(Oid relid, bool declaring);
