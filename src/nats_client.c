@@ -5,19 +5,18 @@
  *		file that includes nats.h.
  *
  * Only the delivery worker calls in here.  The connection, its JetStream
- * context and the lookup table of the batch in flight are this file's
- * statics; the worker closes them in its exit callback.
+ * context, the subscription the acks come in on and the batch in flight
+ * are this file's statics; the worker closes them in its exit callback.
  *
- * Threads.  cnats runs its own threads (socket reader, flusher, the
- * subscription that receives publish acks, timers).  Two rules follow:
+ * Threads.  cnats runs its own threads (socket reader, flusher, timers).
+ * Two rules follow:
  *
  *	- A cnats callback never calls a PostgreSQL function: no palloc, no
- *	  ereport, no elog, not even PostgreSQL's snprintf.  The ack handler
- *	  only looks the event up in a table built before the batch went out
- *	  (under a pthread mutex), writes its outcome, and copies the server's
- *	  reason with a plain byte loop; the connection callbacks only set a
- *	  flag and the worker's latch.  Everything else (formatting reasons,
- *	  logging) happens in the worker's own thread once the batch is done.
+ *	  ereport, no elog, not even PostgreSQL's snprintf.  The connection
+ *	  callbacks only set a flag and the worker's latch.  The acks are not
+ *	  callbacks: the worker reads them itself from a synchronous
+ *	  subscription (wait_for_acks), so they cost no hand-off to a delivery
+ *	  thread, and everything about them happens in the worker's thread.
  *
  *	- PostgreSQL's signal handlers must only ever run in the worker's main
  *	  thread.  Every call that may start a cnats thread runs with all
@@ -41,19 +40,17 @@
  * frees them; at process exit it simply dies with the process.
  *
  * Batches.  statehub_nats_publish_async publishes every event of a batch
- * with js_PublishMsgAsync and a Nats-Msg-Id header (the event id) and
- * returns; a batch that is all there is gets a flush round trip, as cnats'
- * flusher would otherwise wait a moment for more.  The worker does its
- * database work meanwhile, then statehub_nats_publish_wait waits for the
- * acks with js_PublishAsyncComplete, up to what is left of publish_timeout.
- * What is still unacknowledged then is taken back with
- * js_PublishAsyncGetPendingList, and a short second js_PublishAsyncComplete
- * waits for ack handlers that were already running, so no callback of the
- * batch can run once it is finished.  One batch at a time is in flight (the
- * worker's ordering argument needs that, and js_PublishAsyncComplete waits
- * for all), so the ack handler's lookup table holds one batch.  A late ack
- * of an earlier batch for the same event id (a re-publish) would still be
- * true: the stream holds that event.
+ * as a core NATS message to its subject with a Nats-Msg-Id header (the
+ * event id) and a reply subject that names the batch and the event, which
+ * is what a JetStream publish is, and returns; a batch that is all there
+ * is gets a flush round trip, as cnats' flusher would otherwise wait a
+ * moment for more.  The worker does its database work meanwhile, then
+ * statehub_nats_publish_wait reads the acks, up to what is left of
+ * publish_timeout: JetStream's answer to each message is its ack ("stream"
+ * and "seq"), an error with a JetStream error code, or, when nothing
+ * listens on the subject, a "no responders" status.  One batch at a time is
+ * in flight (the worker's ordering argument needs that); an ack that names
+ * another batch is dropped, so a batch given up is simply forgotten.
  *
  * Secrets.  Passwords and tokens (GUCs or inside the URL) never leave this
  * file: the server name handed out is masked, and cnats error text is
@@ -69,7 +66,9 @@
 #include <nats/nats.h>
 
 #include "common/hashfn.h"
+#include "common/jsonapi.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "port/atomics.h"
@@ -77,6 +76,7 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/pmsignal.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
@@ -91,9 +91,6 @@
  */
 #define MSG_HEADER_OVERHEAD (10 + 13 + STATEHUB_MSG_ID_LEN + 2 + 25 + 2)
 
-/* Upper bound of async publishes in flight; batch_size's maximum. */
-#define MAX_PENDING_PUBLISHES 100000
-
 /*
  * JetStream errors that are about one message, not the stream
  * (nats-server's errors.json).
@@ -102,9 +99,6 @@
 #define JS_STREAM_NOT_MATCH_ERR_CODE 10060
 #define JS_STREAM_WRONG_LAST_MSG_ID_ERR_CODE 10070
 #define JS_STREAM_WRONG_LAST_SEQ_ERR_CODE 10071
-
-/* How long to wait for ack handlers already running when a batch gave up. */
-#define QUIESCE_TIMEOUT_MS 2000
 
 #define MAX_SERVERS 32
 
@@ -116,16 +110,21 @@ static jsCtx *js = NULL;
 
 
 /*
- * The batch in flight.  batch_slots is an open-addressing table of
- * (index + 1) keyed by the event id's text; batch_mutex guards all of it
- * against the ack handler.
+ * The batch in flight, and the subscription its acks come in on.  Event i
+ * of batch number batch_seq is published with the reply subject
+ * "<ack_prefix>.<batch_seq>.<i>" (ack_prefix is an inbox of the
+ * connection), so an ack names its event exactly, and an ack of an earlier
+ * batch (one given up, or a re-publish) is told apart and dropped.  Only
+ * the worker's thread touches any of it: the acks are read with
+ * natsSubscription_NextMsg, not handed to a cnats delivery thread.
  */
-static pthread_mutex_t batch_mutex = PTHREAD_MUTEX_INITIALIZER;
+static natsSubscription *ack_sub = NULL;
+static char ack_prefix[128];
+static uint32 batch_seq = 0;
 static StatehubPubEvent *batch_events = NULL;
 static int	batch_nevents = 0;
-static int *batch_slots = NULL;
-static uint32 batch_nslots = 0;		/* a power of two */
-
+static int	batch_unanswered = 0;
+static MemoryContext ack_context = NULL;	/* parsing one ack, reset after */
 static void batch_end(void);
 
 /* When the connection was last lost (disconnected_cb), a TimestampTz. */
@@ -221,91 +220,146 @@ copy_text(char *dst, size_t dstlen, const char *src)
 	dst[i] = '\0';
 }
 
-/* FNV-1a over an event id's text.  Pure C, callable from cnats threads. */
-static uint32
-id_hash(const char *id)
-{
-	uint32		h = 2166136261u;
-	int			i;
-
-	for (i = 0; i < STATEHUB_MSG_ID_LEN && id[i] != '\0'; i++)
-	{
-		h ^= (unsigned char) id[i];
-		h *= 16777619u;
-	}
-	return h;
-}
-
 /*
- * Index of the batch event with this id, preferring one still pending
- * (the same id twice in a batch gets two acks), or -1.  Caller holds
- * batch_mutex.
+ * What one ack says, as pg_parse_json's semantic actions gather it: a
+ * JetStream publish ack is {"stream": ..., "seq": ..., ["duplicate": true]}
+ * or {"error": {"code": ..., "err_code": ..., "description": ...}}.
  */
-static int
-batch_lookup(const char *id)
+typedef struct AckParse
 {
-	uint32		mask;
-	uint32		pos;
-	int			first = -1;
+	int			depth;			/* of objects and arrays */
+	const char *key;			/* the current field, at depth 1 or 2 */
+	bool		in_error;		/* inside the top-level "error" object */
+	bool		stored;			/* a top-level "seq" */
+	bool		error;			/* a top-level "error" */
+	int64		err_code;
+	char		description[STATEHUB_PUB_ERROR_LEN];
+} AckParse;
 
-	if (batch_events == NULL || batch_nslots == 0)
-		return -1;
-	mask = batch_nslots - 1;
-	for (pos = id_hash(id) & mask; batch_slots[pos] != 0; pos = (pos + 1) & mask)
+static void
+ack_nest(void *state)
+{
+	AckParse   *a = (AckParse *) state;
+
+	if (a->depth == 1 && a->key != NULL && strcmp(a->key, "error") == 0)
 	{
-		int			i = batch_slots[pos] - 1;
-
-		if (memcmp(batch_events[i].msg_id, id, STATEHUB_MSG_ID_LEN) != 0)
-			continue;
-		if (batch_events[i].outcome == STATEHUB_PUB_PENDING)
-			return i;
-		if (first < 0)
-			first = i;
+		a->in_error = true;
+		a->error = true;
 	}
-	return first;
+	a->depth++;
+}
+
+static void
+ack_unnest(void *state)
+{
+	AckParse   *a = (AckParse *) state;
+
+	a->depth--;
+	if (a->depth == 1)
+		a->in_error = false;
+	a->key = NULL;
+}
+
+static void
+ack_field(void *state, char *fname, bool isnull)
+{
+	AckParse   *a = (AckParse *) state;
+
+	a->key = fname;
+}
+
+static void
+ack_scalar(void *state, char *token, JsonTokenType tokentype)
+{
+	AckParse   *a = (AckParse *) state;
+
+	if (a->key == NULL)
+		return;
+	if (a->depth == 1 && strcmp(a->key, "seq") == 0 &&
+		tokentype == JSON_TOKEN_NUMBER)
+		a->stored = true;
+	else if (a->depth == 1 && strcmp(a->key, "error") == 0)
+		a->error = true;		/* not an object: an error all the same */
+	else if (a->in_error && a->depth == 2 && strcmp(a->key, "err_code") == 0 &&
+			 tokentype == JSON_TOKEN_NUMBER)
+		a->err_code = strtoll(token, NULL, 10);
+	else if (a->in_error && a->depth == 2 && strcmp(a->key, "description") == 0 &&
+			 tokentype == JSON_TOKEN_STRING)
+		strlcpy(a->description, token, sizeof(a->description));
 }
 
 /*
- * JetStream's answer to one async publish, on a cnats thread.  Only looks
- * up the event and records the outcome; an ack always wins over an
- * earlier rejection of the same id.  The message is ours to destroy.
+ * Record what an ack says about its event.  An error with a JetStream error
+ * code: the stream refused this message.  A stored message (or a duplicate
+ * of one): acked.  Anything else leaves the event without an answer, which
+ * is not its fault.  ("No responders", nothing listens on the subject, is
+ * seen by wait_for_acks.)
  */
 static void
-ack_handler(jsCtx *ctx, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,
-			void *closure)
+record_ack(StatehubPubEvent *ev, natsMsg *msg)
 {
-	const char *id = NULL;
+	AckParse	a;
+	JsonSemAction sem;
+	JsonLexContext *lex;
+	MemoryContext old;
 
-	if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK && id != NULL)
+	memset(&a, 0, sizeof(a));
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = &a;
+	sem.object_start = ack_nest;
+	sem.object_end = ack_unnest;
+	sem.array_start = ack_nest;
+	sem.array_end = ack_unnest;
+	sem.object_field_start = ack_field;
+	sem.scalar = ack_scalar;
+	old = MemoryContextSwitchTo(ack_context);
+	lex = makeJsonLexContextCstringLen(unconstify(char *, natsMsg_GetData(msg)),
+									   natsMsg_GetDataLength(msg),
+									   PG_UTF8, true);
+	if (pg_parse_json(lex, &sem) == JSON_SUCCESS)
 	{
-		int			i;
-
-		pthread_mutex_lock(&batch_mutex);
-		i = batch_lookup(id);
-		if (i >= 0)
+		if (a.error && a.err_code != 0)
 		{
-			StatehubPubEvent *ev = &batch_events[i];
+			ev->err_status = (int) NATS_ERR;
+			ev->err_code = (int) a.err_code;
+			strlcpy(ev->error, a.description, sizeof(ev->error));
+			ev->outcome = STATEHUB_PUB_REJECTED;
+		}
+		else if (!a.error && a.stored)
+			ev->outcome = STATEHUB_PUB_ACKED;
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(ack_context);
+}
 
-			if (pa != NULL)
-				ev->outcome = STATEHUB_PUB_ACKED;
-			else if (pae != NULL && ev->outcome == STATEHUB_PUB_PENDING)
+/*
+ * An ack read from the subscription: if it answers an event of the batch
+ * in flight for the first time, record it.  The message is ours.
+ */
+static void
+take_ack(natsMsg *msg)
+{
+	const char *subject = natsMsg_GetSubject(msg);
+	size_t		plen = strlen(ack_prefix);
+	char	   *end;
+	unsigned long seq;
+	long		i;
+
+	if (batch_events != NULL && strncmp(subject, ack_prefix, plen) == 0 &&
+		subject[plen] == '.')
+	{
+		seq = strtoul(subject + plen + 1, &end, 10);
+		if (*end == '.' && seq == batch_seq)
+		{
+			i = strtol(end + 1, &end, 10);
+			if (*end == '\0' && i >= 0 && i < batch_nevents &&
+				!batch_events[i].answered)
 			{
-				/*
-				 * No responders: nothing listens on the subject (no stream
-				 * covers it).  An error code: the JetStream API refused this
-				 * message.  Anything else (a timeout, a broken connection)
-				 * is not the event's fault and leaves it pending.
-				 */
-				if (pae->Err == NATS_NO_RESPONDERS || pae->ErrCode != 0)
-				{
-					ev->err_status = (int) pae->Err;
-					ev->err_code = (int) pae->ErrCode;
-					copy_text(ev->error, sizeof(ev->error), pae->ErrText);
-					ev->outcome = STATEHUB_PUB_REJECTED;
-				}
+				batch_events[i].answered = true;
+				record_ack(&batch_events[i], msg);
+				batch_unanswered--;
 			}
 		}
-		pthread_mutex_unlock(&batch_mutex);
 	}
 	natsMsg_Destroy(msg);
 }
@@ -650,8 +704,6 @@ helper_main(void *arg)
 		{
 			jsOptions_Init(&jo);
 			jo.Wait = helper.js_wait_ms;
-			jo.PublishAsync.MaxPending = MAX_PENDING_PUBLISHES;
-			jo.PublishAsync.AckHandler = ack_handler;
 			helper.what = "could not open a JetStream context";
 			s = natsConnection_JetStream(&helper.js, helper.conn, &jo);
 		}
@@ -771,6 +823,43 @@ run_on_helper(HelperJob job)
 }
 
 /*
+ * Subscribe, on the new connection, to the replies of our publishes: a
+ * synchronous subscription, read by the worker itself (wait_for_acks), with
+ * no limit on what it holds (a batch is at most batch_size acks).
+ */
+static natsStatus
+open_ack_sub(void)
+{
+	natsInbox  *inbox = NULL;
+	char		subject[sizeof(ack_prefix) + 2];
+	natsStatus	s;
+
+	if (ack_context == NULL)
+		ack_context = AllocSetContextCreate(TopMemoryContext,
+											"statehub_events acks",
+											ALLOCSET_SMALL_SIZES);
+	s = natsInbox_Create(&inbox);
+	if (s != NATS_OK)
+		return s;
+	strlcpy(ack_prefix, inbox, sizeof(ack_prefix));
+	natsInbox_Destroy(inbox);
+	snprintf(subject, sizeof(subject), "%s.>", ack_prefix);
+	s = natsConnection_SubscribeSync(&ack_sub, conn, subject);
+	if (s == NATS_OK)
+		s = natsSubscription_SetPendingLimits(ack_sub, -1, -1);
+	return s;
+}
+
+/* Drop the acks' subscription (the connection is going away). */
+static void
+close_ack_sub(void)
+{
+	if (ack_sub != NULL)
+		natsSubscription_Destroy(ack_sub);
+	ack_sub = NULL;
+}
+
+/*
  * Connect to the configured servers and open the JetStream context.  On
  * failure errbuf says why (secrets scrubbed) and nothing stays open.
  */
@@ -813,13 +902,21 @@ statehub_nats_connect(char *errbuf, size_t errlen)
 		statehub_nats_close();
 		return STATEHUB_NATS_FAILED;
 	}
+	s = open_ack_sub();
+	if (s != NATS_OK)
+	{
+		describe_failure(errbuf, errlen, "could not subscribe to the acknowledgements", s);
+		statehub_nats_close();
+		return STATEHUB_NATS_FAILED;
+	}
 	return STATEHUB_NATS_OK;
 }
 
 bool
 statehub_nats_connected(void)
 {
-	return conn != NULL && natsConnection_Status(conn) == NATS_CONN_STATUS_CONNECTED;
+	return conn != NULL && ack_sub != NULL &&
+		natsConnection_Status(conn) == NATS_CONN_STATUS_CONNECTED;
 }
 
 /*
@@ -1001,6 +1098,7 @@ statehub_nats_close(void)
 	if (helper.started && proc_exit_inprogress)
 		return;
 	reap_helper();
+	close_ack_sub();
 	if (js != NULL)
 	{
 		jsCtx_Destroy(js);
@@ -1037,132 +1135,126 @@ statehub_nats_server(char *buf, size_t buflen)
 }
 
 /* Publish the batch's lookup table, sized for nevents, under the mutex. */
-static bool
+static void
 batch_begin(StatehubPubEvent *events, int nevents)
 {
-	uint32		nslots = 16;
-	int			i;
-
-	while (nslots < (uint32) nevents * 2)
-		nslots <<= 1;
-
-	pthread_mutex_lock(&batch_mutex);
-	if (nslots > batch_nslots)
-	{
-		int		   *slots = realloc(batch_slots, nslots * sizeof(int));
-
-		if (slots == NULL)
-		{
-			pthread_mutex_unlock(&batch_mutex);
-			return false;
-		}
-		batch_slots = slots;
-		batch_nslots = nslots;
-	}
-	memset(batch_slots, 0, batch_nslots * sizeof(int));
-	for (i = 0; i < nevents; i++)
-	{
-		uint32		mask = batch_nslots - 1;
-		uint32		pos = id_hash(events[i].msg_id) & mask;
-
-		while (batch_slots[pos] != 0)
-			pos = (pos + 1) & mask;
-		batch_slots[pos] = i + 1;
-	}
+	batch_seq++;
 	batch_events = events;
 	batch_nevents = nevents;
-	pthread_mutex_unlock(&batch_mutex);
-	return true;
+	batch_unanswered = nevents;
+	for (int i = 0; i < nevents; i++)
+		events[i].answered = false;
 }
 
+/* Forget the batch: acks still to come for it are dropped when read. */
 static void
 batch_end(void)
 {
-	pthread_mutex_lock(&batch_mutex);
 	batch_events = NULL;
 	batch_nevents = 0;
-	pthread_mutex_unlock(&batch_mutex);
-}
-
-/* Turn what the ack handler recorded into a reason (worker thread). */
-static void
-describe_rejection(StatehubPubEvent *ev)
-{
-	char		text[STATEHUB_PUB_ERROR_LEN];
-
-	if (ev->err_status == NATS_NO_RESPONDERS)
-		snprintf(ev->error, sizeof(ev->error),
-				 "no JetStream stream listens on subject \"%s\"", ev->subject);
-	else
-	{
-		strlcpy(text, ev->error, sizeof(text));
-		snprintf(ev->error, sizeof(ev->error),
-				 "JetStream rejected the event: %s (error code %d)",
-				 text, ev->err_code);
-	}
+	batch_unanswered = 0;
 }
 
 /*
- * Take back what is still unanswered, then wait for ack handlers that are
- * already running, so none of them touches the batch once it is finished.
- * Caller has blocked signals.
+ * Forget the batch (if it is still the one in flight) and word the
+ * rejections of its events, which are the caller's and valid.
  */
 static void
-abandon_pending(void)
+finish_batch(StatehubPubEvent *events, int nevents)
 {
-	natsMsgList pending;
+	/*
+	 * Replies still to come for an unfinished batch must never be taken for
+	 * the next batch's: a "no responders" status names no batch.  So they
+	 * go to a subscription that no longer exists.
+	 */
+	if (events == batch_events && batch_unanswered > 0 && ack_sub != NULL)
+	{
+		close_ack_sub();
+		if (open_ack_sub() != NATS_OK)
+			close_ack_sub();	/* statehub_nats_connected() says false now */
+	}
+	for (int i = 0; i < nevents; i++)
+	{
+		StatehubPubEvent *ev = &events[i];
 
-	if (js_PublishAsyncGetPendingList(&pending, js) == NATS_OK)
-		natsMsgList_Destroy(&pending);
-	(void) wait_for_acks(QUIESCE_TIMEOUT_MS);
+		if (ev->outcome != STATEHUB_PUB_REJECTED || ev->err_code < 0)
+			continue;
+		if (ev->err_status == NATS_NO_RESPONDERS)
+			snprintf(ev->error, sizeof(ev->error),
+					 "no JetStream stream listens on subject \"%s\"", ev->subject);
+		else
+		{
+			char		text[STATEHUB_PUB_ERROR_LEN];
+
+			strlcpy(text, ev->error, sizeof(text));
+			snprintf(ev->error, sizeof(ev->error),
+					 "JetStream rejected the event: %s (error code %d)",
+					 text, ev->err_code);
+		}
+	}
+	batch_end();
 }
 
 /*
- * js_PublishAsyncComplete for up to timeout_ms, in slices (see the file
- * header).  Returns NATS_OK once nothing is pending, else the last slice's
- * status (NATS_TIMEOUT when time ran out), or NATS_CONNECTION_CLOSED as
- * soon as the connection is closed: js_PublishAsyncComplete does not look
- * at the connection, and on a closed one (a node stopped while a batch
- * waited for its acks) would wait out the whole timeout for acks that can
- * no longer come, instead of letting the worker connect to another node.
+ * Read acks of the batch in flight for up to timeout_ms, in slices (see
+ * the file header), until every event has one.  Returns NATS_OK once all
+ * are in, NATS_TIMEOUT when time ran out, or the subscription's trouble:
+ * NATS_CONNECTION_CLOSED as soon as the connection is closed (a node
+ * stopped while a batch waited for its acks), so the worker connects to
+ * another node instead of waiting for acks that can no longer come.
  */
 static natsStatus
 wait_for_acks(int timeout_ms)
 {
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   Max(timeout_ms, 1));
-	jsPubOptions po;
-	natsStatus	s;
+	natsStatus	s = NATS_OK;
 
-	for (;;)
+	while (batch_unanswered > 0)
 	{
 		long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
 														   deadline);
+		natsMsg    *msg = NULL;
 
-		jsPubOptions_Init(&po);
-		po.MaxWait = Max(Min(left, WAIT_SLICE_MS), 1);
 		pgstat_report_wait_start(PG_WAIT_EXTENSION);
-		s = js_PublishAsyncComplete(js, &po);
+		s = natsSubscription_NextMsg(&msg, ack_sub, Max(Min(left, WAIT_SLICE_MS), 1));
 		wait_slice_end();
+		if (s == NATS_OK)
+		{
+			take_ack(msg);
+			continue;
+		}
+		if (s == NATS_NO_RESPONDERS)
+		{
+			/* cnats drops the message itself: which event, see below */
+			batch_unanswered--;
+			continue;
+		}
 		if (s == NATS_TIMEOUT && natsConnection_IsClosed(conn))
 			return NATS_CONNECTION_CLOSED;
 		if (s != NATS_TIMEOUT || left <= WAIT_SLICE_MS)
 			return s;
 	}
-}
 
-/* Forget the batch (no handler sees it any more); word its rejections. */
-static void
-finish_batch(StatehubPubEvent *events, int nevents)
-{
-	int			i;
-
-	batch_end();
-	for (i = 0; i < nevents; i++)
+	/*
+	 * Every event has its answer.  cnats reads a "no responders" status
+	 * itself and reports only that one came, not for which message; those
+	 * are the events without a recorded answer, since each publish gets one
+	 * reply and an earlier batch's cannot come in here (finish_batch).
+	 */
+	for (int i = 0; i < batch_nevents; i++)
 	{
-		if (events[i].outcome == STATEHUB_PUB_REJECTED && events[i].err_code >= 0)
-			describe_rejection(&events[i]);
+		StatehubPubEvent *ev = &batch_events[i];
+
+		if (ev->answered)
+			continue;
+		ev->answered = true;
+		ev->err_status = (int) NATS_NO_RESPONDERS;
+		ev->err_code = 0;
+		ev->error[0] = '\0';
+		ev->outcome = STATEHUB_PUB_REJECTED;
 	}
+	return NATS_OK;
 }
 
 /*
@@ -1209,28 +1301,24 @@ statehub_nats_publish_async(StatehubPubEvent *events, int nevents,
 {
 	StatehubNatsResult result = STATEHUB_NATS_OK;
 	natsStatus	s = NATS_OK;
-	sigset_t	saved;
 	int			i;
 
 	Assert(batch_events == NULL);
-	if (js == NULL || !statehub_nats_connected())
+	if (ack_sub == NULL || !statehub_nats_connected())
 	{
 		snprintf(errbuf, errlen, "not connected to NATS");
 		return STATEHUB_NATS_FAILED;
 	}
-	if (!batch_begin(events, nevents))
-	{
-		snprintf(errbuf, errlen, "out of memory");
-		return STATEHUB_NATS_FAILED;
-	}
+	batch_begin(events, nevents);
 
-	BLOCK_SIGNALS(saved);
 	for (i = 0; i < nevents; i++)
 	{
 		StatehubPubEvent *ev = &events[i];
 		natsMsg    *msg = NULL;
+		char		reply[sizeof(ack_prefix) + 24];
 
-		s = natsMsg_Create(&msg, ev->subject, NULL, ev->payload, ev->payload_len);
+		snprintf(reply, sizeof(reply), "%s.%u.%d", ack_prefix, batch_seq, i);
+		s = natsMsg_Create(&msg, ev->subject, reply, ev->payload, ev->payload_len);
 		if (s == NATS_INVALID_SUBJECT || s == NATS_INVALID_ARG)
 		{
 			/* the event can never be published: its own fault */
@@ -1239,6 +1327,8 @@ statehub_nats_publish_async(StatehubPubEvent *events, int nevents,
 			snprintf(ev->error, sizeof(ev->error), "invalid subject \"%s\"",
 					 ev->subject);
 			ev->outcome = STATEHUB_PUB_REJECTED;
+			ev->answered = true;
+			batch_unanswered--;
 			s = NATS_OK;
 			continue;
 		}
@@ -1247,8 +1337,7 @@ statehub_nats_publish_async(StatehubPubEvent *events, int nevents,
 		if (s == NATS_OK && ev->backfill)
 			s = natsMsgHeader_Set(msg, "Statehub-Backfill", "true");
 		if (s == NATS_OK)
-			s = js_PublishMsgAsync(js, &msg, NULL);
-		/* on success the library owns the message and msg is NULL */
+			s = natsConnection_PublishMsg(conn, msg);
 		natsMsg_Destroy(msg);
 		if (s != NATS_OK)
 		{
@@ -1257,8 +1346,6 @@ statehub_nats_publish_async(StatehubPubEvent *events, int nevents,
 			break;
 		}
 	}
-	/* the first publish starts the ack subscription's thread: no waits above */
-	RESTORE_SIGNALS(saved);
 
 	/*
 	 * cnats' flusher waits a moment for more before it writes; a batch that
@@ -1274,9 +1361,6 @@ statehub_nats_publish_async(StatehubPubEvent *events, int nevents,
 			result = STATEHUB_NATS_FAILED;
 		}
 	}
-	if (result != STATEHUB_NATS_OK)
-		abandon_pending();
-
 	if (result != STATEHUB_NATS_OK)
 		finish_batch(events, nevents);
 	return result;
@@ -1297,9 +1381,9 @@ statehub_nats_publish_wait(StatehubPubEvent *events, int nevents,
 	StatehubNatsResult result = STATEHUB_NATS_OK;
 	natsStatus	s;
 
-	if (batch_events != events || js == NULL)
+	if (batch_events != events || ack_sub == NULL)
 	{
-		/* statehub_nats_close finished it: whatever was not acked is lost */
+		/* statehub_nats_close ended it: whatever was not acked is lost */
 		snprintf(errbuf, errlen, "the connection to NATS was closed");
 		finish_batch(events, nevents);
 		return STATEHUB_NATS_FAILED;
@@ -1315,7 +1399,6 @@ statehub_nats_publish_wait(StatehubPubEvent *events, int nevents,
 			describe_failure(errbuf, errlen,
 							 "could not wait for JetStream acknowledgements", s);
 		result = STATEHUB_NATS_FAILED;
-		abandon_pending();
 	}
 	finish_batch(events, nevents);
 	return result;
@@ -1329,7 +1412,5 @@ statehub_nats_publish_wait(StatehubPubEvent *events, int nevents,
 void
 statehub_nats_abandon_batch(void)
 {
-	if (batch_events != NULL && js != NULL)
-		abandon_pending();
 	batch_end();
 }

@@ -46,7 +46,8 @@ typedef struct StatehubPubEvent
 	char		msg_id[STATEHUB_MSG_ID_LEN + 1];
 	bool		backfill;		/* adds the header Statehub-Backfill: true */
 
-	volatile int outcome;		/* a StatehubPubOutcome */
+	int			outcome;		/* a StatehubPubOutcome */
+	bool		answered;		/* an ack came in, whatever it said */
 	int			err_status;		/* cnats status of a rejection */
 	int			err_code;		/* JetStream error code; -1: error is final */
 	char		error[STATEHUB_PUB_ERROR_LEN];	/* why it was rejected */

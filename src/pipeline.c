@@ -849,9 +849,9 @@ report_settled(const Settled *done, int npoison, const RowUpdates *dead,
 							   dead->n, dead->n),
 				 errdetail_internal("%s", event_error)));
 	if (event_error[0] != '\0')
-		statehub_shmem_record_error(event_error);
+		statehub_shmem_record_error(event_error, true);
 	else if (done->nacked > 0)
-		statehub_shmem_error_resolved();
+		statehub_shmem_error_resolved(retry_due_at == DT_NOEND);
 
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
@@ -977,8 +977,13 @@ count_loss(int64 id, TimestampTz sent_at)
 {
 	TimestampTz lost_at = statehub_nats_lost_at();
 
-	if (lost_at < sent_at ||
-		lost_at > TimestampTzPlusMilliseconds(sent_at, POISON_WINDOW_MS))
+	/*
+	 * The disconnect callback runs on a cnats thread and may not have run
+	 * yet: the loss was seen now, so it happened by now at the latest.
+	 */
+	if (lost_at < sent_at)
+		lost_at = GetCurrentTimestamp();
+	if (lost_at > TimestampTzPlusMilliseconds(sent_at, POISON_WINDOW_MS))
 	{
 		/* not at once (or not seen): the network or a hung server */
 		suspect_id = -1;
