@@ -48,6 +48,14 @@
 
 /* Back-off after an ERROR in a round: doubles from the first to the last. */
 #define MIN_ERROR_BACKOFF_MS 1000
+
+/*
+ * How long the answered batch may wait to be settled (its acked events
+ * deleted) by the transaction of the next commit's round, rather than by a
+ * transaction of its own.  Short: until then a restart would publish those
+ * events again (the stream drops them as duplicates).
+ */
+#define SETTLE_DELAY_MS 20
 #define MAX_ERROR_BACKOFF_MS 10000
 
 /* First connection retry; doubles up to retry_backoff_max. */
@@ -128,10 +136,11 @@ set_state(StatehubWorkerStateCode new_state, const char *error)
 				sizeof(statehub_shared->last_error));
 		statehub_shared->last_error_at = GetCurrentTimestamp();
 		statehub_shared->last_error_resolved_at = 0;
+		statehub_shared->last_error_of_event = false;
 	}
 	SpinLockRelease(&statehub_shared->mutex);
 	if (new_state == STATEHUB_WORKER_CONNECTED)
-		statehub_shmem_error_resolved();
+		statehub_shmem_error_resolved(false);
 
 	state = new_state;
 	if (old_state == new_state)
@@ -332,7 +341,7 @@ ensure_connected(void)
 					 errdetail("Events on its subjects wait in statehub_events.outbox until it exists."),
 					 errhint("Create the stream, or set statehub_events.stream_create to on.")));
 		if (missing)
-			statehub_shmem_record_error(error);
+			statehub_shmem_record_error(error, false);
 		stream_missing = missing;
 		stream_checked = true;
 	}
@@ -464,13 +473,19 @@ worker_round(void)
 			set_state(STATEHUB_WORKER_CONNECTED, NULL);
 	}
 
-	/* more to scan, or batches to settle: at once */
-	if (result == STATEHUB_BATCH_FULL || statehub_pipeline_in_flight() ||
-		statehub_pipeline_answered())
+	/* more to scan, or acks to collect: at once */
+	if (result == STATEHUB_BATCH_FULL || statehub_pipeline_in_flight())
 		return 0;
 	/* a nested wait may have reset the latch a commit set */
 	if (pg_atomic_read_u32(&statehub_shared->wake_pending) != 0)
 		return 0;
+	/*
+	 * Only an answered batch to settle: with the next commit's scan, in one
+	 * transaction, or on its own SETTLE_DELAY_MS from now.  Under a steady
+	 * stream of single commits this halves the worker's transactions.
+	 */
+	if (statehub_pipeline_answered())
+		return SETTLE_DELAY_MS;
 	retry_due_at = statehub_pipeline_retry_due_at();
 	if (retry_due_at != DT_NOEND)
 		return Min((long) statehub_poll_interval, statehub_ms_until(retry_due_at));
@@ -498,7 +513,7 @@ round_failed(ErrorData *edata)
 				 errhint("Events stay queued in statehub_events.outbox meanwhile.")));
 		strlcpy(last_round_error, edata->message, sizeof(last_round_error));
 	}
-	statehub_shmem_record_error(edata->message);
+	statehub_shmem_record_error(edata->message, false);
 
 	if (error_backoff_ms == 0)
 		error_backoff_ms = MIN_ERROR_BACKOFF_MS;
