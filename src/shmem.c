@@ -143,14 +143,17 @@ statehub_shmem_worker_stopped(void)
 /*
  * The worker is connected and delivering again: the last error, if still
  * current, is past.  It stays in the status view with both times, so the
- * DBA sees what happened, and a health check can tell it is over.
+ * DBA sees what happened, and a health check can tell it is over.  An
+ * event's rejection is past only when of_event_too says so (no rejected
+ * event is waiting for its retry): being connected does not settle it.
  */
 void
-statehub_shmem_error_resolved(void)
+statehub_shmem_error_resolved(bool of_event_too)
 {
 	SpinLockAcquire(&statehub_shared->mutex);
 	if (statehub_shared->last_error[0] != '\0' &&
-		statehub_shared->last_error_resolved_at == 0)
+		statehub_shared->last_error_resolved_at == 0 &&
+		(of_event_too || !statehub_shared->last_error_of_event))
 		statehub_shared->last_error_resolved_at = GetCurrentTimestamp();
 	SpinLockRelease(&statehub_shared->mutex);
 }
@@ -187,17 +190,18 @@ statehub_worker_state_name(StatehubWorkerStateCode state)
 }
 
 /*
- * Record an error that does not change the worker's state (a rejected
- * event...).  It is current until the worker delivers again
- * (statehub_shmem_error_resolved).
+ * Record an error that does not change the worker's state: of_event for
+ * an event's rejection, else the worker's own (a round that failed, a
+ * missing stream).  It is current until statehub_shmem_error_resolved.
  */
 void
-statehub_shmem_record_error(const char *error)
+statehub_shmem_record_error(const char *error, bool of_event)
 {
 	SpinLockAcquire(&statehub_shared->mutex);
 	strlcpy(statehub_shared->last_error, error,
 			sizeof(statehub_shared->last_error));
 	statehub_shared->last_error_at = GetCurrentTimestamp();
 	statehub_shared->last_error_resolved_at = 0;
+	statehub_shared->last_error_of_event = of_event;
 	SpinLockRelease(&statehub_shared->mutex);
 }

@@ -64,6 +64,7 @@ typedef struct StatehubShared
 	char		last_error[STATEHUB_ERROR_LEN];
 	TimestampTz last_error_at;
 	TimestampTz last_error_resolved_at; /* 0 while last_error is current */
+	bool		last_error_of_event;	/* an event's rejection, not the worker's */
 	TimestampTz last_publish_at;
 	int64		dedup_window_us;	/* the stream's duplicate window, 0 unknown */
 } StatehubShared;
@@ -76,8 +77,8 @@ extern void statehub_shmem_wake_worker(void);
 extern void statehub_shmem_request_rescan(void);
 extern void statehub_shmem_worker_started(pid_t pid, Latch *latch);
 extern void statehub_shmem_worker_stopped(void);
-extern void statehub_shmem_record_error(const char *error);
-extern void statehub_shmem_error_resolved(void);
+extern void statehub_shmem_record_error(const char *error, bool of_event);
+extern void statehub_shmem_error_resolved(bool of_event_too);
 extern void statehub_shmem_reset_totals(void);
 extern const char *statehub_worker_state_name(StatehubWorkerStateCode state);
 

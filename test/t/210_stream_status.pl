@@ -112,19 +112,60 @@ $node->safe_psql('postgres',
 ok(StatehubTest::wait_for_drain($node), 'the emitted events drain');
 is(StatehubTest::dead_letter_count($node), 1, 'the broken row is a dead letter');
 
+# an event whose retry is still ahead keeps its rejection current, however
+# much else is delivered meanwhile; once it is gone, the next delivery
+# resolves it
+$node->safe_psql('postgres', q{
+INSERT INTO statehub_events.outbox (event_id, subject, payload)
+VALUES (gen_random_uuid(), 'org.nostream.retrying', '{}');
+SELECT statehub_events.wake_worker();
+});
+ok( StatehubTest::wait_for_status($node,
+		q{last_error LIKE '%org.nostream.retrying%' AND last_error_resolved_at IS NULL}),
+	'a rejected event: its error is current');
+# (two rounds, one after the other: the first is reported by the time the
+# second is delivered)
+for my $n (1, 2)
+{
+	$node->safe_psql('postgres',
+		q{SELECT statehub_events.emit('org.statehub.test.emitted', '{}')});
+	ok( $node->poll_query_until('postgres',
+			q{SELECT count(*) = 1 FROM statehub_events.outbox}),
+		"other events are delivered meanwhile ($n)");
+}
+is($node->safe_psql('postgres', q{
+SELECT last_error_resolved_at IS NULL FROM statehub_events.status}),
+	't', 'its error stays current while it waits for its retry');
+$node->safe_psql('postgres',
+	q{DELETE FROM statehub_events.outbox WHERE subject = 'org.nostream.retrying'});
+# (a rejection of it may still be on its way: deliver until one resolves it)
+my $resolved = 0;
+my $emitted = 6;
+for (my $i = 0; $i < 60 && !$resolved; $i++, $emitted++)
+{
+	$node->safe_psql('postgres', q{SELECT statehub_events.emit('org.statehub.test.emitted', '{}')});
+	StatehubTest::wait_for_drain($node);
+	$resolved = $node->safe_psql('postgres', q{
+SELECT last_error LIKE '%org.nostream.retrying%' AND last_error_resolved_at >= last_error_at
+  FROM statehub_events.status}) eq 't';
+}
+ok($resolved, 'the rejected event removed: the next delivery resolves its error');
 my $counters = q{SELECT string_agg(event_type || '=' || published || '/' || failed, ' ' ORDER BY event_type)
-                   FROM statehub_events.event_counters};
+                   FROM statehub_events.event_counters WHERE event_type <> 'org.nostream.retrying'};
 # (counted just after the commit that empties the outbox)
 ok( $node->poll_query_until('postgres', $counters,
-		'org.statehub.test.broken=0/1 org.statehub.test.created=20/0 org.statehub.test.emitted=4/0'),
+		"org.statehub.test.broken=0/1 org.statehub.test.created=20/0 org.statehub.test.emitted=$emitted/0"),
 	'per-event-type counters: published and failed since the worker started');
+my $retrying = $node->safe_psql('postgres',
+	q{SELECT failed FROM statehub_events.event_counters WHERE event_type = 'org.nostream.retrying'});
+cmp_ok($retrying, '>=', 1, 'the rejections of the retrying event are counted');
 is($node->safe_psql('postgres',
 		'SELECT published || \'/\' || failed FROM statehub_events.status'),
-	'24/1', 'they add up to the totals of the status view');
+	(20 + $emitted) . '/' . (1 + $retrying), 'they add up to the totals of the status view');
 
 $node->safe_psql('postgres', 'CREATE ROLE oncall LOGIN IN ROLE pg_monitor; CREATE ROLE app LOGIN');
 is($node->safe_psql('postgres', $counters, extra_params => [ '-U', 'oncall' ]),
-	'org.statehub.test.broken=0/1 org.statehub.test.created=20/0 org.statehub.test.emitted=4/0',
+	"org.statehub.test.broken=0/1 org.statehub.test.created=20/0 org.statehub.test.emitted=$emitted/0",
 	'pg_monitor reads the counters');
 my ($ret, $o, $e) = $node->psql('postgres', 'SELECT * FROM statehub_events.event_counters',
 	extra_params => [ '-U', 'app' ]);
