@@ -1114,6 +1114,13 @@ statehub_pipeline_reset(void)
 }
 
 /* A batch is published and waits for its acks. */
+/* How many events the last scan took (0 once they went out). */
+int
+statehub_pipeline_scanned_count(void)
+{
+	return scanned != NULL ? scanned->n : 0;
+}
+
 bool
 statehub_pipeline_in_flight(void)
 {

@@ -31,6 +31,7 @@ extern void statehub_pipeline_drop_scanned(void);
 extern void statehub_pipeline_forget_in_flight(void);
 extern void statehub_pipeline_reset(void);
 
+extern int	statehub_pipeline_scanned_count(void);
 extern bool statehub_pipeline_in_flight(void);
 extern bool statehub_pipeline_answered(void);
 extern TimestampTz statehub_pipeline_retry_due_at(void);

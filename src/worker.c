@@ -56,6 +56,19 @@
  * events again (the stream drops them as duplicates).
  */
 #define SETTLE_DELAY_MS 20
+
+/*
+ * Coalescing under load.  Each round costs the worker (and nats-server) the
+ * same whether it carries one event or fifty, and a steady stream of small
+ * commits wakes the worker for every few.  So when events arrive faster than
+ * COALESCE_RATE per second (measured over windows of RATE_WINDOW_MS), a
+ * round that follows a partial scan starts no sooner than COALESCE_MS after
+ * the previous scan: the events wait up to that long more, and the rounds
+ * carry more of them.  Below that rate every commit is published at once.
+ */
+#define COALESCE_RATE 2000
+#define COALESCE_MS 2
+#define RATE_WINDOW_MS 100
 #define MAX_ERROR_BACKOFF_MS 10000
 
 /* First connection retry; doubles up to retry_backoff_max. */
@@ -83,6 +96,12 @@ static bool scan_more = true;
 
 /* Errors of rounds: back-off, and the last one logged (logged once). */
 static int	error_backoff_ms = 0;
+
+/* coalescing (see COALESCE_RATE) */
+static bool coalescing = false;
+static TimestampTz last_scan_at = 0;
+static TimestampTz rate_window_start = 0;
+static int64 rate_window_events = 0;
 static char last_round_error[STATEHUB_ERROR_LEN];
 
 /*
@@ -364,6 +383,48 @@ ensure_connected(void)
  * ---------------------------------------------------------------------
  */
 
+/* A scan took n events at now: measure the rate, decide on coalescing. */
+static void
+note_scan(int n, TimestampTz now)
+{
+	int64		elapsed_us;
+
+	if (rate_window_start == 0 || now < rate_window_start)
+	{
+		rate_window_start = now;
+		rate_window_events = 0;
+	}
+	rate_window_events += n;
+	elapsed_us = now - rate_window_start;
+	if (elapsed_us >= RATE_WINDOW_MS * INT64CONST(1000))
+	{
+		coalescing = rate_window_events * INT64CONST(1000000) >=
+			(int64) COALESCE_RATE * elapsed_us;
+		rate_window_start = now;
+		rate_window_events = 0;
+	}
+	last_scan_at = now;
+}
+
+/*
+ * Under load (coalescing), wait until COALESCE_MS after the last scan
+ * before the next one.  Commits do not end the wait (they are what it
+ * gathers); SIGTERM and postmaster death do.
+ */
+static void
+coalesce(void)
+{
+	long		ms;
+
+	if (!coalescing || scan_more)
+		return;
+	ms = statehub_ms_until(TimestampTzPlusMilliseconds(last_scan_at, COALESCE_MS));
+	if (ms <= 0)
+		return;
+	(void) WaitLatch(NULL, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, ms, PG_WAIT_EXTENSION);
+	CHECK_FOR_INTERRUPTS();
+}
+
 /*
  * One round: connect if needed, then one transaction (scan, settle), then
  * outside it collect the acks of the batch in flight and publish the
@@ -407,6 +468,7 @@ worker_round(void)
 	}
 	else
 	{
+		coalesce();
 		/* cleared before the scan: a commit after this wakes us again */
 		pg_atomic_write_u32(&statehub_shared->wake_pending, 0);
 		if (pg_atomic_exchange_u32(&statehub_shared->rescan_pending, 0) != 0)
@@ -416,6 +478,7 @@ worker_round(void)
 		if (result == STATEHUB_BATCH_SKIPPED)
 			return statehub_poll_interval;
 		scan_more = (result == STATEHUB_BATCH_FULL);
+		note_scan(statehub_pipeline_scanned_count(), GetCurrentTimestamp());
 		if (progress)
 		{
 			/* delivery moved on: the next error of a round is news again */
