@@ -27,9 +27,11 @@
  *
  * A transaction that queued events wakes the worker once, at commit.
  *
- * An UPDATE that moves a row to another partition fires no UPDATE trigger
- * (see row_moved and follow_row_move): its transitions are published by a
- * second trigger of the table, the row-move trigger.
+ * An UPDATE or MERGE that moves a row to another partition fires no UPDATE
+ * trigger (see row_moved and follow_row_move): its transitions are
+ * published by a second trigger of the table, the row-move trigger, and a
+ * statement whose moved rows' events could not be exact is refused
+ * (check_moves).
  *
  *-------------------------------------------------------------------------
  */
