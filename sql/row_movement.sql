@@ -70,9 +70,8 @@ CREATE TRIGGER rm_keep BEFORE INSERT ON rm_us FOR EACH ROW EXECUTE FUNCTION rm_k
 MERGE INTO rm_t t USING (VALUES (1)) s(id) ON t.id = s.id
   WHEN MATCHED THEN UPDATE SET region = 'us';
 WITH moved AS (UPDATE rm_t SET region = 'us' WHERE id = 1 RETURNING id) SELECT count(*) FROM moved;
--- a WITH that moves no row is not refused, nor is a MERGE that updates
--- rows in place or only inserts; a MERGE that can insert and updated rows
--- may have moved one (PostgreSQL does not tell): refused
+-- a WITH or a MERGE that moves no row is not refused (a MERGE that can
+-- insert too); one that moves a row and inserts is
 WITH upd AS (UPDATE rm_t SET status = 'open' WHERE id = 1 RETURNING id) SELECT count(*) FROM upd;
 MERGE INTO rm_t t USING (VALUES (1)) s(id) ON t.id = s.id
   WHEN MATCHED THEN UPDATE SET status = 'done';
@@ -81,6 +80,9 @@ MERGE INTO rm_t t USING (VALUES (40)) s(id) ON t.id = s.id
   WHEN NOT MATCHED THEN INSERT VALUES (s.id, 'us', 'open');
 MERGE INTO rm_t t USING (VALUES (1), (41)) s(id) ON t.id = s.id
   WHEN MATCHED THEN UPDATE SET status = 'open'
+  WHEN NOT MATCHED THEN INSERT VALUES (s.id, 'us', 'open');
+MERGE INTO rm_t t USING (VALUES (1), (42)) s(id) ON t.id = s.id
+  WHEN MATCHED THEN UPDATE SET region = 'us'
   WHEN NOT MATCHED THEN INSERT VALUES (s.id, 'us', 'open');
 -- a plain UPDATE into that partition is exact
 UPDATE rm_t SET status = 'open' WHERE id = 3;
@@ -158,6 +160,10 @@ MERGE INTO rm_l t USING (VALUES (2)) s(id) ON t.id = s.id
   WHEN MATCHED THEN UPDATE SET region = 'eu';
 MERGE INTO rm_l t USING (VALUES (2)) s(id) ON t.id = s.id
   WHEN MATCHED THEN UPDATE SET region = 'us';
+-- one that updates in place and inserts moves nothing: its insert is real
+MERGE INTO rm_l t USING (VALUES (2, 'us'), (3, 'us')) s(id, region) ON t.id = s.id
+  WHEN MATCHED THEN UPDATE SET status = 'open'
+  WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.region, 'new');
 SELECT * FROM show_events();
 SELECT clear_events();
 SELECT tableoid::regclass, id, status FROM rm_l ORDER BY id;

@@ -619,6 +619,28 @@ scan_move_tree(Relation root, Oid capture_oid, bool mixed, MoveTree *tree)
 }
 
 /*
+ * Whether a finished MERGE may have moved rows to other partitions.  It
+ * must have updated rows, and a move converts the row from the partition
+ * it leaves (one of the MERGE's result relations) to the root's row type,
+ * once its DELETE half is done (ExecCrossPartitionUpdate): the partition's
+ * child-to-root map is then set up, which nothing else a MERGE does to
+ * that partition sets up but a transition table of a statement trigger
+ * (so that errs on the side of a refusal).
+ */
+static bool
+merge_moved(ModifyTableState *mt)
+{
+	if (mt->mt_merge_updated == 0)
+		return false;
+	for (int i = 0; i < mt->mt_nrels; i++)
+	{
+		if (mt->resultRelInfo[i].ri_ChildToRootMapValid)
+			return true;
+	}
+	return false;
+}
+
+/*
  * Refuse a finished statement whose moved rows' events could not be exact:
  * one ModifyTable of it (the query's, or a WITH's) updates or merges into a
  * partitioned table, moved rows between its partitions, and a partition
@@ -632,10 +654,9 @@ scan_move_tree(Relation root, Oid capture_oid, bool mixed, MoveTree *tree)
  *   by a real insert.  (In a plain UPDATE the next DELETE half replaces it.)
  *
  * Whether rows moved: PostgreSQL sets up tuple routing for an UPDATE at its
- * first move, but for a MERGE that can insert from the start; such a MERGE
- * is taken to have moved rows when it updated any.  Costs nothing for a
- * table that is not partitioned; for one that is, one look at its
- * partitions per statement that moved rows.
+ * first move, but for a MERGE that can insert from the start (merge_moved
+ * tells).  Costs nothing for a table that is not partitioned; for one that
+ * is, one look at its partitions per statement that moved rows.
  */
 static void
 check_table_moves(PlanState *planstate, FinishingKind kind, Oid *capture_oid)
@@ -652,7 +673,7 @@ check_table_moves(PlanState *planstate, FinishingKind kind, Oid *capture_oid)
 		return;
 	root = mt->rootResultRelInfo->ri_RelationDesc;
 	if (root->rd_rel->relkind != RELKIND_PARTITIONED_TABLE ||
-		(mt->operation == CMD_MERGE && mt->mt_merge_updated == 0))
+		(mt->operation == CMD_MERGE && !merge_moved(mt)))
 		return;
 	if (!OidIsValid(*capture_oid))
 	{
