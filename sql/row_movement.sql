@@ -125,6 +125,11 @@ UPDATE rm_p SET k = 5, status = 'done' WHERE id = 4;
 UPDATE rm_p SET k = 2, status = 'open' WHERE id = 1;
 MERGE INTO rm_p t USING (VALUES (1)) s(id) ON t.id = s.id
   WHEN MATCHED THEN UPDATE SET k = 12;
+-- with capture off nothing is published, and nothing refused
+SET statehub_events.capture = off;
+UPDATE rm_p SET k = 5 WHERE id = 4;
+RESET statehub_events.capture;
+SELECT tableoid::regclass, id FROM rm_p WHERE id = 4;
 -- statements that move no row are untouched; a statement naming a
 -- declaring table moves within it, exactly
 UPDATE rm_p SET k = 3 WHERE id = 3;

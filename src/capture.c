@@ -718,13 +718,18 @@ check_table_moves(PlanState *planstate, FinishingKind kind, Oid *capture_oid)
 				 errhint("Move the rows with a plain UPDATE.")));
 }
 
-/* check_table_moves for each ModifyTable of a finished query. */
+/*
+ * check_table_moves for each ModifyTable of a finished query.  With
+ * statehub_events.capture off nothing is published, so nothing is refused.
+ */
 static void
 check_moves(QueryDesc *queryDesc, FinishingKind kind)
 {
 	Oid			capture_oid = InvalidOid;
 	ListCell   *lc;
 
+	if (!statehub_capture)
+		return;
 	check_table_moves(queryDesc->planstate, kind, &capture_oid);
 	if (!queryDesc->plannedstmt->hasModifyingCTE)
 		return;
