@@ -36,7 +36,7 @@ PGFILEDESC = "statehub_events - transactional outbox delivered to NATS JetStream
 REGRESS = setup track_insert track_transition track_delete track_errors \
 	attributes emit outbox_tx partitioned capture_guc privileges \
 	column_changes security capture_cache operations mapping_fidelity backfill \
-	mapping_ddl
+	mapping_ddl row_movement
 
 ISOLATION = concurrent_transitions
 ISOLATION_OPTS = --inputdir=test --outputdir=test/output_iso --load-extension=statehub_events

@@ -235,6 +235,19 @@ DROP DOMAIN bf_dstat;
 DROP FUNCTION bf_sneaky(text), bf_spy(text);
 DROP ROLE bf_other;
 
+-- a transition of a column whose type is a domain over an enum: the rows
+-- holding the value, compared as the trigger compares them
+CREATE DOMAIN bf_dstatus AS bf_status;
+CREATE TABLE bf_dtrans (id integer PRIMARY KEY, status bf_dstatus);
+INSERT INTO bf_dtrans VALUES (1, 'active'), (2, 'draft'), (3, 'active');
+SELECT statehub_events.track_transition('bf_dtrans', 'status', 'active', 'org.statehub.bf.dactive',
+                                        attributes => '{id,status}');
+SELECT statehub_events.backfill('bf_dtrans', 'org.statehub.bf.dactive');
+SELECT subject, payload::json -> 'attributes' AS attributes FROM statehub_events.outbox ORDER BY id;
+SELECT clear_events();
+DROP TABLE bf_dtrans;
+DROP DOMAIN bf_dstatus;
+
 DROP TABLE bf_repos, bf_parted, bf_row4;
 DROP FUNCTION bf_attributes(text, boolean), public.bf_even(integer);
 DROP ROLE bf_app;

@@ -99,11 +99,14 @@ SELECT clear_events();
 UPDATE mf_audit SET at = '2027-02-01' WHERE id = 1;
 SELECT pg_catalog.count(*) AS events FROM statehub_events.outbox;
 SELECT tableoid::regclass, * FROM mf_audit ORDER BY id;
--- real deletes and inserts are events.  Beside a data-modifying WITH, the
--- moved row's INSERT cannot be told from a real one and is published (as
--- in MERGE; docs/operations.md); its DELETE is recognised even there
+-- real deletes and inserts are events, also beside a data-modifying WITH.
+-- Moving a row there (or in MERGE) is refused: the table has insert events
+-- and no row-move trigger, so the moved row's INSERT could not be told
+-- from a real one (docs/operations.md; row_movement has more)
 WITH gone AS (DELETE FROM mf_audit WHERE id = 2 RETURNING id)
 UPDATE mf_audit SET at = '2026-03-01' WHERE id = 1;
+WITH gone AS (DELETE FROM mf_audit WHERE id = 2 RETURNING id)
+UPDATE mf_audit SET at = '2027-03-01' WHERE id = 1;
 INSERT INTO mf_audit VALUES (3, '2027-03-01', 'c');
 SELECT * FROM show_events();
 SELECT clear_events();

@@ -120,13 +120,15 @@ SELECT clear_events();
 SELECT statehub_events.untrack('mv_n', 'org.statehub.mv.n_done');
 SELECT tgrelid::regclass, tgname FROM pg_trigger
  WHERE tgname LIKE 'statehub_events:row moved:%' ORDER BY tgrelid::regclass::text, tgname;
--- an UPDATE of mv_n moves rows between partitions without the trigger
--- too: its moved rows publish nothing (docs/operations.md); one of mv_n_lo
--- does
+-- an UPDATE of mv_n can move rows through partitions without the trigger
+-- (mv_n_hi): one that moves rows is refused, whichever partitions they move
+-- between (docs/operations.md; row_movement has more); one of mv_n_lo is
+-- exact
 UPDATE mv_n SET status = 'open' WHERE id = 1;
 UPDATE mv_n SET status = 'done' WHERE id = 1;
 SELECT count(*) AS events FROM statehub_events.outbox;
--- there, 5 leaves mv_n_lo and 6 enters it: 6 must not be paired with 5
+-- there, 5 leaves mv_n_lo and 6 enters it: 6 must not be paired with 5,
+-- refused too
 INSERT INTO mv_n VALUES (5, 1, 'open'), (6, 15, 'open');
 UPDATE mv_n SET k = CASE id WHEN 5 THEN 16 ELSE 2 END, status = 'done' WHERE id IN (5, 6);
 SELECT subject, payload::json -> 'attributes' AS attributes FROM statehub_events.outbox ORDER BY id;

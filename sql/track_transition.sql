@@ -69,3 +69,39 @@ SELECT pg_catalog.pg_get_triggerdef(oid) FROM pg_catalog.pg_trigger
 
 SELECT table_name, event_type, operation, column_name, from_value, to_value, attributes
   FROM statehub_events.mappings WHERE operation = 'update';
+
+--
+-- a column whose type is a domain (issue 12, the part left): over an enum,
+-- which has no "=" of its own (PostgreSQL's is the enum's, over the base
+-- type), and over other types; the value is checked by the domain
+--
+CREATE TYPE tt_state AS ENUM ('open', 'done', 'gone');
+CREATE DOMAIN tt_dstate AS tt_state CHECK (VALUE <> 'gone');
+CREATE DOMAIN tt_dlevel AS integer CHECK (VALUE > 0);
+CREATE TABLE tt_dom (id integer PRIMARY KEY, state tt_dstate, level tt_dlevel);
+SELECT statehub_events.track_transition('tt_dom', 'state', 'done', 'org.statehub.tt.done',
+                                        attributes => '{id,state}');
+SELECT statehub_events.track_transition('tt_dom', 'state', 'open', 'org.statehub.tt.reopened',
+                                        from_value => 'done', attributes => '{id}');
+SELECT statehub_events.track_transition('tt_dom', 'level', '3', 'org.statehub.tt.escalated',
+                                        attributes => '{id,level}');
+-- values the domain refuses, or its enum lacks
+SELECT statehub_events.track_transition('tt_dom', 'state', 'gone', 'org.statehub.tt.gone');
+SELECT statehub_events.track_transition('tt_dom', 'state', 'lost', 'org.statehub.tt.lost');
+SELECT statehub_events.track_transition('tt_dom', 'level', '-1', 'org.statehub.tt.negative');
+INSERT INTO tt_dom VALUES (1, 'open', 1), (2, NULL, 2);
+UPDATE tt_dom SET state = 'done', level = 3;
+UPDATE tt_dom SET state = 'done';
+UPDATE tt_dom SET state = 'open' WHERE id = 1;
+SELECT * FROM show_events();
+SELECT clear_events();
+-- mappings shows the values, also after the label is renamed
+ALTER TYPE tt_state RENAME VALUE 'done' TO 'closed';
+SELECT event_type, column_name, from_value, to_value FROM statehub_events.mappings
+ WHERE table_name = 'tt_dom'::regclass ORDER BY event_type;
+UPDATE tt_dom SET state = 'closed' WHERE id = 1;
+SELECT subject, payload::json -> 'attributes' AS attributes FROM statehub_events.outbox;
+SELECT clear_events();
+DROP TABLE tt_dom;
+DROP DOMAIN tt_dstate, tt_dlevel;
+DROP TYPE tt_state;

@@ -274,9 +274,10 @@ backfill_query(Relation rel, Trigger *trigger, StatehubMapping *mapping,
 				 trigger->tgname, RelationGetRelationName(rel));
 		att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
 		*to = c->constvalue;
-		*totype = att->atttypid;
+		/* the trigger's constant: a domain's base type for a domain column */
+		*totype = c->consttype;
 		*nargs = 1;
-		appendStringInfo(&sql, " AND new.%s %s $1",
+		appendStringInfo(&sql, " AND new.%s%s $1",
 						 quote_identifier(NameStr(att->attname)),
 						 statehub_transition_filter(rel, attnum));
 	}

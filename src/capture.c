@@ -27,27 +27,33 @@
  *
  * A transaction that queued events wakes the worker once, at commit.
  *
- * An UPDATE that moves a row to another partition fires no UPDATE trigger
- * (see row_moved and follow_row_move): its transitions are published by a
- * second trigger of the table, the row-move trigger.
+ * An UPDATE or MERGE that moves a row to another partition fires no UPDATE
+ * trigger (see row_moved and follow_row_move): its transitions are
+ * published by a second trigger of the table, the row-move trigger, and a
+ * statement whose moved rows' events could not be exact is refused
+ * (check_moves).
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/table.h"
 #include "access/tupconvert.h"
 #include "access/xact.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_trigger.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "fmgr.h"
 #include "nodes/makefuncs.h"
+#include "parser/parse_func.h"
 #include "rewrite/rewriteManip.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
@@ -83,11 +89,6 @@ typedef struct MovedRow
 static HTAB *capture_cache = NULL;
 static ExecutorFinish_hook_type prev_executor_finish = NULL;
 
-/* the query whose AFTER triggers are firing: see row_moved */
-static bool finishing_plain_update = false;
-static bool finishing_moves_covered = false;	/* see moves_covered */
-static MemoryContext finishing_cxt = NULL;	/* its es_query_cxt */
-static MovedRow *moved_row = NULL;
 static bool cache_has_invalid = false;	/* entries to free before the next use */
 static bool wakeup_armed = false;
 static bool rescan_armed = false;	/* wake_worker(): scan from the start */
@@ -370,52 +371,94 @@ queue_row_event(Trigger *trigger, Relation rel, HeapTuple tuple,
 }
 
 /*
- * Row movement (issue 12, item 1).  An UPDATE that moves a row to another
- * partition runs, for that row, a DELETE on the old partition and an INSERT
- * on the new one, and fires their row triggers, not the UPDATE's.  Neither
- * is an event: the row was neither deleted nor created.
+ * Row movement (issue 12).  An UPDATE or a MERGE that moves a row to
+ * another partition runs, for that row, a DELETE on the old partition and
+ * an INSERT on the new one, and fires their row triggers, not the
+ * UPDATE's.  Neither is an event: the row was neither deleted nor created;
+ * its transitions are published by the row-move trigger (follow_row_move).
  *
- * - The DELETE is recognised exactly: the old tuple's t_ctid is marked as
- *   moved to another partition (ItemPointerSetMovedPartitions).
- * - The INSERT carries no mark.  AFTER row triggers fire when their query
- *   finishes (ExecutorFinish, AfterTriggerEndQuery), so an ExecutorFinish
- *   hook notes whether the query being finished is an UPDATE; an INSERT
- *   event fired then comes from row movement, unless the query also has a
- *   data-modifying WITH (which could insert for real: then, and in MERGE,
- *   the INSERT is published as before).  Nested queries (a trigger's SPI)
- *   finish on their own and note their own kind.
+ * - The DELETE half is recognised exactly: the old tuple's t_ctid is marked
+ *   as moved to another partition (ItemPointerSetMovedPartitions).
+ * - The INSERT half carries no mark.  PostgreSQL queues it right after the
+ *   DELETE half (ExecCrossPartitionUpdate: the delete, then the insert
+ *   routed from the root; what runs in between, BEFORE triggers and their
+ *   SQL, queues into nested queries' own lists), and AFTER row triggers
+ *   fire in queue order when their query finishes (ExecutorFinish), one
+ *   event per trigger, in name order.  So the first INSERT event a
+ *   statehub trigger sees after a move's DELETE half is that move's INSERT
+ *   half, provided every partition the row can land in fires the row-move
+ *   trigger and nothing skips the insert.  Its first trigger call claims
+ *   the kept old row by the new tuple's (relation, t_self): every statehub
+ *   trigger of that same event (the row-move trigger may fire before or
+ *   after the insert triggers) knows it is a move, and a later INSERT event
+ *   of another tuple is a real insert (a MERGE's or a WITH's).  In a plain
+ *   UPDATE every INSERT event is a move's.
+ * - Where pairing cannot be exact, the statement is refused (check_moves,
+ *   when the query has finished, so whatever its triggers queued rolls back
+ *   with it): a wrong or missing event without an error is worse than a
+ *   refused call.
  *
- * The hook also keeps, per query, the memory the row-move trigger holds a
- * moved row in (the query's own: freed with it, whatever happens).
+ * An ExecutorFinish hook keeps this state per query (nested queries, a
+ * trigger's SPI, finish on their own), in the query's own memory.
  */
-static bool moves_covered(QueryDesc *queryDesc);
+typedef enum FinishingKind
+{
+	FINISHING_OTHER,			/* no row can move */
+	FINISHING_PLAIN_UPDATE,		/* every INSERT event is a move's */
+	FINISHING_MIXED				/* MERGE or a data-modifying WITH */
+} FinishingKind;
+
+typedef struct FinishingQuery
+{
+	FinishingKind kind;
+	MemoryContext cxt;			/* the query's es_query_cxt */
+	MovedRow   *pending;		/* a DELETE half whose INSERT is still due */
+	MovedRow   *claimed;		/* the move of the INSERT event firing now */
+	Oid			claimed_relid;
+	ItemPointerData claimed_tid;
+	bool		claimed_published;	/* its transitions are queued */
+} FinishingQuery;
+
+static FinishingQuery *finishing = NULL;
+
+static void check_moves(QueryDesc *queryDesc, FinishingKind kind);
+
+static FinishingKind
+finishing_kind(QueryDesc *queryDesc)
+{
+	if (queryDesc->plannedstmt->hasModifyingCTE ||
+		queryDesc->operation == CMD_MERGE)
+		return FINISHING_MIXED;
+	if (queryDesc->operation == CMD_UPDATE)
+		return FINISHING_PLAIN_UPDATE;
+	return FINISHING_OTHER;
+}
 
 static void
 capture_executor_finish(QueryDesc *queryDesc)
 {
-	bool		saved = finishing_plain_update;
-	bool		saved_covered = finishing_moves_covered;
-	MemoryContext saved_cxt = finishing_cxt;
-	MovedRow   *saved_row = moved_row;
+	FinishingQuery *saved = finishing;
+	FinishingQuery query;
 
-	finishing_plain_update = queryDesc->operation == CMD_UPDATE &&
-		!queryDesc->plannedstmt->hasModifyingCTE;
-	finishing_moves_covered = finishing_plain_update && moves_covered(queryDesc);
-	finishing_cxt = queryDesc->estate->es_query_cxt;
-	moved_row = NULL;
+	query.kind = finishing_kind(queryDesc);
+	query.cxt = queryDesc->estate->es_query_cxt;
+	query.pending = NULL;
+	query.claimed = NULL;
+	query.claimed_relid = InvalidOid;
+	query.claimed_published = false;
+	finishing = &query;
 	PG_TRY();
 	{
 		if (prev_executor_finish)
 			prev_executor_finish(queryDesc);
 		else
 			standard_ExecutorFinish(queryDesc);
+		if (query.kind != FINISHING_OTHER)
+			check_moves(queryDesc, query.kind);
 	}
 	PG_FINALLY();
 	{
-		finishing_plain_update = saved;
-		finishing_moves_covered = saved_covered;
-		finishing_cxt = saved_cxt;
-		moved_row = saved_row;
+		finishing = saved;
 	}
 	PG_END_TRY();
 }
@@ -428,28 +471,64 @@ statehub_capture_init(void)
 	ExecutorFinish_hook = capture_executor_finish;
 }
 
+static void
+forget_moved_row(MovedRow **row)
+{
+	if (*row == NULL)
+		return;
+	heap_freetuple((*row)->tuple);
+	FreeTupleDesc((*row)->desc);
+	pfree(*row);
+	*row = NULL;
+}
+
+/*
+ * Whether this INSERT event is the INSERT half of a row movement; *old is
+ * then the old row its DELETE half kept, or NULL when none was kept (see
+ * the section header: claimed by the event's first statehub trigger).
+ */
+static bool
+moved_insert(TriggerData *trigdata, MovedRow **old)
+{
+	Oid			relid = RelationGetRelid(trigdata->tg_relation);
+	ItemPointer tid = &trigdata->tg_trigtuple->t_self;
+
+	*old = NULL;
+	if (finishing == NULL || finishing->kind == FINISHING_OTHER ||
+		!trigdata->tg_relation->rd_rel->relispartition)
+		return false;
+	if (finishing->claimed != NULL && finishing->claimed_relid == relid &&
+		ItemPointerEquals(&finishing->claimed_tid, tid))
+	{
+		*old = finishing->claimed;
+		return true;
+	}
+	if (finishing->pending != NULL)
+	{
+		forget_moved_row(&finishing->claimed);
+		finishing->claimed = finishing->pending;
+		finishing->pending = NULL;
+		finishing->claimed_relid = relid;
+		finishing->claimed_tid = *tid;
+		finishing->claimed_published = false;
+		*old = finishing->claimed;
+		return true;
+	}
+	return finishing->kind == FINISHING_PLAIN_UPDATE;
+}
+
 /* Whether this row trigger call is one half of a row movement. */
 static bool
 row_moved(TriggerData *trigdata)
 {
+	MovedRow   *old;
+
 	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
 		return trigdata->tg_trigtuple->t_data != NULL &&
 			HeapTupleHeaderIndicatesMovedPartitions(trigdata->tg_trigtuple->t_data);
 	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
-		return finishing_plain_update &&
-			trigdata->tg_relation->rd_rel->relispartition;
+		return moved_insert(trigdata, &old);
 	return false;
-}
-
-static void
-forget_moved_row(void)
-{
-	if (moved_row == NULL)
-		return;
-	heap_freetuple(moved_row->tuple);
-	FreeTupleDesc(moved_row->desc);
-	pfree(moved_row);
-	moved_row = NULL;
 }
 
 /* Whether the trigger fires under session_replication_role, as PG decides. */
@@ -473,37 +552,189 @@ is_row_move_trigger(Trigger *trigger)
 		TRIGGER_FOR_INSERT(trigger->tgtype) && TRIGGER_FOR_DELETE(trigger->tgtype);
 }
 
+/* What the partitions below a moving statement's target carry. */
+typedef struct MoveTree
+{
+	const char *captured;		/* a partition whose events need pairing */
+	const char *uncovered;		/* a partition without a firing row-move trigger */
+	const char *skipping;		/* one whose insert may be skipped */
+} MoveTree;
+
 /*
- * Whether every row this UPDATE moves fires both halves of a row-move
- * trigger: its target is a partitioned table that carries one (its own, or
- * a clone of an ancestor's), so every partition below it, the only ones a
- * row can move between, carries it too.  Otherwise a row moving out of a
- * sub-partition that declares a transition would leave its old row kept,
- * and a row moving in would be paired with it: rather nothing than that.
+ * Look at every leaf partition of root once: the only tables a row moved by
+ * a statement on root can leave or enter.  A partition's events need the
+ * move paired with its old row when it has transitions (capture() AFTER
+ * UPDATE) or, in MERGE and WITH (mixed), inserts (a real insert looks the
+ * same); delete events never do (the DELETE half is marked).
+ */
+static void
+scan_move_tree(Relation root, Oid capture_oid, bool mixed, MoveTree *tree)
+{
+	List	   *leaves = find_all_inheritors(RelationGetRelid(root),
+											 AccessShareLock, NULL);
+	ListCell   *lc;
+
+	memset(tree, 0, sizeof(MoveTree));
+	foreach(lc, leaves)
+	{
+		Oid			relid = lfirst_oid(lc);
+		Relation	rel;
+		TriggerDesc *trigdesc;
+		bool		captured = false;
+		bool		covered = false;
+		bool		skipping;
+
+		if (get_rel_relkind(relid) == RELKIND_PARTITIONED_TABLE)
+			continue;
+		rel = table_open(relid, NoLock);
+		trigdesc = rel->trigdesc;
+		skipping = rel->rd_rel->relkind == RELKIND_FOREIGN_TABLE;
+		for (int i = 0; trigdesc != NULL && i < trigdesc->numtriggers; i++)
+		{
+			Trigger    *trigger = &trigdesc->triggers[i];
+
+			if (!trigger_fires(trigger))
+				continue;
+			if (TRIGGER_FOR_ROW(trigger->tgtype) &&
+				TRIGGER_FOR_BEFORE(trigger->tgtype) &&
+				TRIGGER_FOR_INSERT(trigger->tgtype))
+				skipping = true;
+			if (trigger->tgfoid != capture_oid)
+				continue;
+			if (is_row_move_trigger(trigger))
+				covered = true;
+			else if (TRIGGER_FOR_UPDATE(trigger->tgtype) ||
+					 (mixed && TRIGGER_FOR_INSERT(trigger->tgtype)))
+				captured = true;
+		}
+		if (captured && tree->captured == NULL)
+			tree->captured = pstrdup(RelationGetRelationName(rel));
+		if (!covered && tree->uncovered == NULL)
+			tree->uncovered = pstrdup(RelationGetRelationName(rel));
+		if (skipping && tree->skipping == NULL)
+			tree->skipping = pstrdup(RelationGetRelationName(rel));
+		table_close(rel, NoLock);
+	}
+	list_free(leaves);
+}
+
+/*
+ * Whether a finished MERGE may have moved rows to other partitions.  It
+ * must have updated rows, and a move converts the row from the partition
+ * it leaves (one of the MERGE's result relations) to the root's row type,
+ * once its DELETE half is done (ExecCrossPartitionUpdate): the partition's
+ * child-to-root map is then set up, which nothing else a MERGE does to
+ * that partition sets up but a transition table of a statement trigger
+ * (so that errs on the side of a refusal).
  */
 static bool
-moves_covered(QueryDesc *queryDesc)
+merge_moved(ModifyTableState *mt)
 {
-	ModifyTableState *mt;
-	Relation	rel;
-
-	if (queryDesc->planstate == NULL ||
-		!IsA(queryDesc->planstate, ModifyTableState))
+	if (mt->mt_merge_updated == 0)
 		return false;
-	mt = (ModifyTableState *) queryDesc->planstate;
-	if (mt->rootResultRelInfo == NULL)
-		return false;
-	rel = mt->rootResultRelInfo->ri_RelationDesc;
-	if (rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE || rel->trigdesc == NULL)
-		return false;
-	for (int i = 0; i < rel->trigdesc->numtriggers; i++)
+	for (int i = 0; i < mt->mt_nrels; i++)
 	{
-		Trigger    *trigger = &rel->trigdesc->triggers[i];
-
-		if (is_row_move_trigger(trigger) && trigger_fires(trigger))
+		if (mt->resultRelInfo[i].ri_ChildToRootMapValid)
 			return true;
 	}
 	return false;
+}
+
+/*
+ * Refuse a finished statement whose moved rows' events could not be exact:
+ * one ModifyTable of it (the query's, or a WITH's) updates or merges into a
+ * partitioned table, moved rows between its partitions, and a partition
+ * there has events that need the move paired (scan_move_tree), while
+ *
+ * - a partition there has no firing row-move trigger (a row moving through
+ *   it would not be kept, or not claimed, so a later INSERT half would be
+ *   paired with the wrong row, or none), or
+ * - in MERGE and WITH, a partition can skip a moved row's insert (a BEFORE
+ *   INSERT row trigger, a foreign table), so a kept row would be claimed
+ *   by a real insert.  (In a plain UPDATE the next DELETE half replaces it.)
+ *
+ * Whether rows moved: PostgreSQL sets up tuple routing for an UPDATE at its
+ * first move, but for a MERGE that can insert from the start (merge_moved
+ * tells).  Costs nothing for a table that is not partitioned; for one that
+ * is, one look at its partitions per statement that moved rows.
+ */
+static void
+check_table_moves(PlanState *planstate, FinishingKind kind, Oid *capture_oid)
+{
+	ModifyTableState *mt = (ModifyTableState *) planstate;
+	Relation	root;
+	MoveTree	tree;
+	bool		mixed = kind == FINISHING_MIXED;
+
+	if (planstate == NULL || !IsA(planstate, ModifyTableState) ||
+		(mt->operation != CMD_UPDATE && mt->operation != CMD_MERGE) ||
+		mt->rootResultRelInfo == NULL ||
+		mt->mt_partition_tuple_routing == NULL)
+		return;
+	root = mt->rootResultRelInfo->ri_RelationDesc;
+	if (root->rd_rel->relkind != RELKIND_PARTITIONED_TABLE ||
+		(mt->operation == CMD_MERGE && !merge_moved(mt)))
+		return;
+	if (!OidIsValid(*capture_oid))
+	{
+		List	   *name = list_make2(makeString(STATEHUB_SCHEMA),
+									  makeString("capture"));
+
+		*capture_oid = LookupFuncName(name, 0, NULL, true);
+		if (!OidIsValid(*capture_oid))
+			return;
+	}
+	scan_move_tree(root, *capture_oid, mixed, &tree);
+	if (tree.captured == NULL)
+		return;
+	if (tree.uncovered != NULL)
+	{
+		const char *events = mixed ? "insert or transition events" : "transition events";
+		const char *why = mixed ?
+		"in MERGE or a statement with a data-modifying WITH a moved row could not be told from an inserted one" :
+		"a moved row could not be paired with its old row";
+
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot publish the events of rows moved between partitions of table \"%s\"",
+						RelationGetRelationName(root)),
+				 strcmp(tree.captured, tree.uncovered) == 0 ?
+				 errdetail("Partition \"%s\" has %s but no row-move trigger (one comes with a transition declared on a partitioned table above it), so %s.",
+						   tree.captured, events, why) :
+				 errdetail("Partition \"%s\" has %s, and partition \"%s\" has no row-move trigger (one comes with a transition declared on a partitioned table above it), so %s.",
+						   tree.captured, events, tree.uncovered, why),
+				 mixed ?
+				 errhint("Move the rows with a plain UPDATE of the partitioned table that declares the events.") :
+				 errhint("Declare the events on the partitioned table \"%s\", or update the partitioned table that declares them.",
+						 RelationGetRelationName(root))));
+	}
+	if (mixed && tree.skipping != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot publish the events of rows moved between partitions of table \"%s\"",
+						RelationGetRelationName(root)),
+				 errdetail("Partition \"%s\" can skip a moved row's insert (a BEFORE INSERT row trigger, or a foreign table), so in MERGE or a statement with a data-modifying WITH a moved row could not be told from an inserted one.",
+						   tree.skipping),
+				 errhint("Move the rows with a plain UPDATE.")));
+}
+
+/*
+ * check_table_moves for each ModifyTable of a finished query.  With
+ * statehub_events.capture off nothing is published, so nothing is refused.
+ */
+static void
+check_moves(QueryDesc *queryDesc, FinishingKind kind)
+{
+	Oid			capture_oid = InvalidOid;
+	ListCell   *lc;
+
+	if (!statehub_capture)
+		return;
+	check_table_moves(queryDesc->planstate, kind, &capture_oid);
+	if (!queryDesc->plannedstmt->hasModifyingCTE)
+		return;
+	foreach(lc, queryDesc->estate->es_subplanstates)
+		check_table_moves((PlanState *) lfirst(lc), kind, &capture_oid);
 }
 
 /* Whether an UPDATE trigger's WHEN clause holds for (old, new). */
@@ -547,7 +778,8 @@ when_holds(Trigger *trigger, EState *estate, TupleTableSlot *oldslot,
  * capture()'s: only its triggers are events.
  */
 static void
-publish_moved_transitions(Oid capture_oid, Relation rel, HeapTuple newtuple)
+publish_moved_transitions(Oid capture_oid, Relation rel, MovedRow *moved,
+						  HeapTuple newtuple)
 {
 	TriggerDesc *trigdesc = rel->trigdesc;
 	TupleDesc	desc = RelationGetDescr(rel);
@@ -567,10 +799,10 @@ publish_moved_transitions(Oid capture_oid, Relation rel, HeapTuple newtuple)
 			continue;
 		if (estate == NULL)
 		{
-			TupleConversionMap *map = convert_tuples_by_name(moved_row->desc, desc);
+			TupleConversionMap *map = convert_tuples_by_name(moved->desc, desc);
 
 			oldtuple = map != NULL ?
-				execute_attr_map_tuple(moved_row->tuple, map) : moved_row->tuple;
+				execute_attr_map_tuple(moved->tuple, map) : moved->tuple;
 			estate = CreateExecutorState();
 			oldslot = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
 			newslot = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
@@ -589,44 +821,46 @@ publish_moved_transitions(Oid capture_oid, Relation rel, HeapTuple newtuple)
 }
 
 /*
- * The row-move trigger (issue 12, item 1): AFTER INSERT OR DELETE FOR EACH
- * ROW on a partitioned table with transitions (mapping.c keeps it).  A row
- * movement fires, for its row, the DELETE triggers of the old partition and
- * then at once the INSERT triggers of the new one (AFTER trigger events
- * fire in the order they were queued); none of the UPDATE's (PostgreSQL 15
- * queues the root's UPDATE event of a row movement for foreign keys only).
- * So the DELETE half keeps a copy of the old row, in the finishing query's
- * memory, and the INSERT half that comes next publishes the transitions
- * with it.  Each DELETE half replaces what an earlier one kept, and only an
- * INSERT of a plain UPDATE (row_moved) pairs with it; only in an UPDATE
- * whose every moved row fires both halves (moves_covered), so a row whose
- * INSERT a BEFORE trigger skipped is forgotten at the next row.  Every
- * other row costs one test.
+ * The row-move trigger: AFTER INSERT OR DELETE FOR EACH ROW on a
+ * partitioned table with transitions (mapping.c keeps it), cloned onto
+ * every partition.  None of the UPDATE's triggers fire for a moved row
+ * (PostgreSQL 15 queues the root's UPDATE event of a row movement for
+ * foreign keys only).  So the DELETE half keeps a copy of the old row, in
+ * the finishing query's memory, and the INSERT half that claims it
+ * (moved_insert) publishes the transitions with it.  Each DELETE half
+ * replaces a kept row no INSERT claimed (its insert was skipped by a
+ * BEFORE trigger: the row is gone).  Every other row costs one test.
  */
 static void
 follow_row_move(FunctionCallInfo fcinfo, TriggerData *trigdata)
 {
+	MovedRow   *old;
+
+	if (finishing == NULL || finishing->kind == FINISHING_OTHER)
+		return;
 	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
 	{
-		MemoryContext old;
+		MemoryContext oldcxt;
 
-		forget_moved_row();
-		if (!row_moved(trigdata) || !finishing_moves_covered ||
-			finishing_cxt == NULL)
+		forget_moved_row(&finishing->pending);
+		if (!row_moved(trigdata))
 			return;
-		old = MemoryContextSwitchTo(finishing_cxt);
-		moved_row = palloc(sizeof(MovedRow));
-		moved_row->tuple = heap_copytuple(trigdata->tg_trigtuple);
-		moved_row->desc = CreateTupleDescCopy(RelationGetDescr(trigdata->tg_relation));
-		MemoryContextSwitchTo(old);
+		oldcxt = MemoryContextSwitchTo(finishing->cxt);
+		finishing->pending = palloc(sizeof(MovedRow));
+		finishing->pending->tuple = heap_copytuple(trigdata->tg_trigtuple);
+		finishing->pending->desc = CreateTupleDescCopy(RelationGetDescr(trigdata->tg_relation));
+		MemoryContextSwitchTo(oldcxt);
 	}
-	else if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) && moved_row != NULL)
+	else if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) &&
+			 moved_insert(trigdata, &old) && old != NULL &&
+			 !finishing->claimed_published)
 	{
-		if (statehub_capture && row_moved(trigdata))
+		/* once: a sub-partition's own row-move trigger fires beside its parent's */
+		finishing->claimed_published = true;
+		if (statehub_capture)
 			publish_moved_transitions(fcinfo->flinfo->fn_oid,
-									  trigdata->tg_relation,
+									  trigdata->tg_relation, old,
 									  trigdata->tg_trigtuple);
-		forget_moved_row();
 	}
 }
 

@@ -704,8 +704,28 @@ mapping_in_force(Relation rel, const char *event_type, char **tgname)
 }
 
 /*
- * For backfill(): the column type's equality operator, as the transition
- * trigger's WHEN clause uses it, as "OPERATOR(schema.=)".
+ * How a transition compares the tracked column: as its type, or for a
+ * domain as the domain's base type, the way PostgreSQL resolves "=" over a
+ * domain (a domain over an enum has no "=" of its own: the enum's takes
+ * anyenum, which a domain does not match).  Returns "" or "::base" (the
+ * base type without a modifier, so the cast is a relabelling the trigger's
+ * readers see through, as they see through the domain's own coercion).
+ */
+static char *
+comparison_cast(Form_pg_attribute att)
+{
+	Oid			base = getBaseType(att->atttypid);
+
+	if (base == att->atttypid)
+		return "";
+	return psprintf("::%s", format_type_be_qualified(base));
+}
+
+/*
+ * For backfill(): what follows the tracked column in a comparison with the
+ * transition's value, as the trigger's WHEN clause compares them: the cast
+ * to the base type of a domain, then "OPERATOR(schema.=)".  The value is
+ * the trigger's constant, of the base type for a domain.
  */
 char *
 statehub_transition_filter(Relation rel, AttrNumber attnum)
@@ -713,7 +733,8 @@ statehub_transition_filter(Relation rel, AttrNumber attnum)
 	Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
 	Oid			eqfunc;
 
-	return equality_operator(att, rel, &eqfunc);
+	return psprintf("%s %s", comparison_cast(att),
+					equality_operator(att, rel, &eqfunc));
 }
 
 /*
@@ -1105,8 +1126,11 @@ track(TrackSpec *spec)
 							 "The tracked column is a column of the table whose value changes.");
 		opr = equality_operator(att, rel, &eqfunc);
 		to = convert_value(att, rel, "to_value", spec->to_value);
-		type = format_type_be_qualified(att->atttypid);
-		col = (char *) quote_identifier(NameStr(att->attname));
+		/* a domain's value is checked by the domain, then compared as its base */
+		type = psprintf("%s%s", format_type_be_qualified(att->atttypid),
+						comparison_cast(att));
+		col = psprintf("%s%s", quote_identifier(NameStr(att->attname)),
+					   comparison_cast(att));
 
 		/* no UPDATE OF: a BEFORE trigger may change the column too */
 		appendStringInfo(&ddl, "UPDATE ON %s FOR EACH ROW WHEN (NEW.%s %s %s::%s AND ",
