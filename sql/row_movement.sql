@@ -174,5 +174,38 @@ SELECT clear_events();
 SELECT tableoid::regclass, id, status FROM rm_l ORDER BY id;
 DROP TABLE rm_l;
 
+--
+-- a moved row whose insert a BEFORE INSERT trigger of its new partition
+-- skips is gone: neither its transition nor a delete would be true, so the
+-- UPDATE is refused; and a move that a BEFORE DELETE trigger of its old
+-- partition skips moves nothing, so nothing is refused
+--
+CREATE TABLE rm_s (id integer, region text, status text) PARTITION BY LIST (region);
+CREATE TABLE rm_s_eu PARTITION OF rm_s FOR VALUES IN ('eu');
+CREATE TABLE rm_s_us PARTITION OF rm_s FOR VALUES IN ('us');
+SELECT statehub_events.track_transition('rm_s', 'status', 'done', 'org.statehub.rm.skip_done',
+                                        attributes => '{id}');
+SELECT statehub_events.track_delete('rm_s', 'org.statehub.rm.skip_deleted', '{id}');
+INSERT INTO rm_s VALUES (1, 'eu', 'open'), (2, 'eu', 'open');
+CREATE FUNCTION rm_skip() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$;
+CREATE TRIGGER rm_skip BEFORE INSERT ON rm_s_us FOR EACH ROW EXECUTE FUNCTION rm_skip();
+UPDATE rm_s SET region = 'us', status = 'done' WHERE id = 1;
+UPDATE rm_s SET region = 'us', status = 'done';
+SELECT * FROM show_events();
+SELECT tableoid::regclass, id, status FROM rm_s ORDER BY id;
+-- (a leaf-only transition, so any real move here would be refused)
+CREATE TABLE rm_s2 (id integer, region text, status text) PARTITION BY LIST (region);
+CREATE TABLE rm_s2_eu PARTITION OF rm_s2 FOR VALUES IN ('eu');
+CREATE TABLE rm_s2_us PARTITION OF rm_s2 FOR VALUES IN ('us');
+SELECT statehub_events.track_transition('rm_s2_eu', 'status', 'done', 'org.statehub.rm.skip2_done');
+INSERT INTO rm_s2 VALUES (1, 'eu', 'open');
+CREATE TRIGGER rm_skip BEFORE DELETE ON rm_s2_eu FOR EACH ROW EXECUTE FUNCTION rm_skip();
+UPDATE rm_s2 SET region = 'us' WHERE id = 1;
+WITH moved AS (UPDATE rm_s2 SET region = 'us' WHERE id = 1 RETURNING 1) SELECT count(*) FROM moved;
+SELECT * FROM show_events();
+SELECT tableoid::regclass, id, status FROM rm_s2 ORDER BY id;
+DROP TABLE rm_s, rm_s2;
+DROP FUNCTION rm_skip();
+
 DROP TABLE rm_t, rm_src;
 DROP FUNCTION rm_keep();

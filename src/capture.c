@@ -84,6 +84,7 @@ typedef struct MovedRow
 {
 	HeapTuple	tuple;
 	TupleDesc	desc;			/* the source partition's */
+	Oid			relid;			/* the source partition */
 } MovedRow;
 
 static HTAB *capture_cache = NULL;
@@ -422,6 +423,7 @@ typedef struct FinishingQuery
 static FinishingQuery *finishing = NULL;
 
 static void check_moves(QueryDesc *queryDesc, FinishingKind kind);
+static void refuse_lost_move(MovedRow *row);
 
 static FinishingKind
 finishing_kind(QueryDesc *queryDesc)
@@ -453,6 +455,8 @@ capture_executor_finish(QueryDesc *queryDesc)
 			prev_executor_finish(queryDesc);
 		else
 			standard_ExecutorFinish(queryDesc);
+		if (query.pending != NULL)
+			refuse_lost_move(query.pending);
 		if (query.kind != FINISHING_OTHER)
 			check_moves(queryDesc, query.kind);
 	}
@@ -619,18 +623,19 @@ scan_move_tree(Relation root, Oid capture_oid, bool mixed, MoveTree *tree)
 }
 
 /*
- * Whether a finished MERGE may have moved rows to other partitions.  It
- * must have updated rows, and a move converts the row from the partition
- * it leaves (one of the MERGE's result relations) to the root's row type,
- * once its DELETE half is done (ExecCrossPartitionUpdate): the partition's
- * child-to-root map is then set up, which nothing else a MERGE does to
- * that partition sets up but a transition table of a statement trigger
- * (so that errs on the side of a refusal).
+ * Whether a finished UPDATE or MERGE may have moved rows to other
+ * partitions.  A move converts the row from the partition it leaves (one of
+ * the statement's result relations) to the root's row type once its DELETE
+ * half is done (ExecCrossPartitionUpdate): the partition's child-to-root
+ * map is then set up, which nothing else the statement does to that
+ * partition sets up but a transition table of a statement trigger (so that
+ * errs on the side of a refusal).  A move a BEFORE DELETE trigger skipped
+ * moved nothing and sets up no map.  A MERGE must also have updated rows.
  */
 static bool
-merge_moved(ModifyTableState *mt)
+rows_moved(ModifyTableState *mt)
 {
-	if (mt->mt_merge_updated == 0)
+	if (mt->operation == CMD_MERGE && mt->mt_merge_updated == 0)
 		return false;
 	for (int i = 0; i < mt->mt_nrels; i++)
 	{
@@ -654,8 +659,8 @@ merge_moved(ModifyTableState *mt)
  *   by a real insert.  (In a plain UPDATE the next DELETE half replaces it.)
  *
  * Whether rows moved: PostgreSQL sets up tuple routing for an UPDATE at its
- * first move, but for a MERGE that can insert from the start (merge_moved
- * tells).  Costs nothing for a table that is not partitioned; for one that
+ * first attempt to move a row, and for a MERGE that can insert from the
+ * start; rows_moved tells.  Costs nothing for a table that is not partitioned; for one that
  * is, one look at its partitions per statement that moved rows.
  */
 static void
@@ -672,8 +677,7 @@ check_table_moves(PlanState *planstate, FinishingKind kind, Oid *capture_oid)
 		mt->mt_partition_tuple_routing == NULL)
 		return;
 	root = mt->rootResultRelInfo->ri_RelationDesc;
-	if (root->rd_rel->relkind != RELKIND_PARTITIONED_TABLE ||
-		(mt->operation == CMD_MERGE && !merge_moved(mt)))
+	if (root->rd_rel->relkind != RELKIND_PARTITIONED_TABLE || !rows_moved(mt))
 		return;
 	if (!OidIsValid(*capture_oid))
 	{
@@ -821,6 +825,29 @@ publish_moved_transitions(Oid capture_oid, Relation rel, MovedRow *moved,
 }
 
 /*
+ * A moved row's DELETE half was kept and no INSERT half claimed it: a
+ * BEFORE INSERT trigger of the partition it was moving to (or a foreign
+ * table's server) skipped the insert, and the row is gone.  Neither its
+ * transition nor a delete event would be true; refuse the statement.
+ * Nothing is refused while capture is off (nothing would be published).
+ */
+static void
+refuse_lost_move(MovedRow *row)
+{
+	char	   *name;
+
+	if (!statehub_capture)
+		return;
+	name = get_rel_name(row->relid);
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("cannot publish the events of a row moved out of partition \"%s\"",
+					name != NULL ? name : "?"),
+			 errdetail("The partition the row was moving to did not insert it (a BEFORE INSERT row trigger returned NULL, or a foreign table's server skipped it), so the row would be gone without an event."),
+			 errhint("Make the BEFORE INSERT trigger keep moved rows, or DELETE the row instead of moving it.")));
+}
+
+/*
  * The row-move trigger: AFTER INSERT OR DELETE FOR EACH ROW on a
  * partitioned table with transitions (mapping.c keeps it), cloned onto
  * every partition.  None of the UPDATE's triggers fire for a moved row
@@ -842,13 +869,15 @@ follow_row_move(FunctionCallInfo fcinfo, TriggerData *trigdata)
 	{
 		MemoryContext oldcxt;
 
-		forget_moved_row(&finishing->pending);
+		if (finishing->pending != NULL)
+			refuse_lost_move(finishing->pending);
 		if (!row_moved(trigdata))
 			return;
 		oldcxt = MemoryContextSwitchTo(finishing->cxt);
 		finishing->pending = palloc(sizeof(MovedRow));
 		finishing->pending->tuple = heap_copytuple(trigdata->tg_trigtuple);
 		finishing->pending->desc = CreateTupleDescCopy(RelationGetDescr(trigdata->tg_relation));
+		finishing->pending->relid = RelationGetRelid(trigdata->tg_relation);
 		MemoryContextSwitchTo(oldcxt);
 	}
 	else if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) &&
