@@ -207,5 +207,26 @@ SELECT tableoid::regclass, id, status FROM rm_s2 ORDER BY id;
 DROP TABLE rm_s, rm_s2;
 DROP FUNCTION rm_skip();
 
+--
+-- a COPY run by a trigger of an UPDATE inserts for real: its rows are none
+-- of the UPDATE's moves
+--
+CREATE TABLE rm_c (id integer, region text) PARTITION BY LIST (region);
+CREATE TABLE rm_c_eu PARTITION OF rm_c FOR VALUES IN ('eu');
+SELECT statehub_events.track_insert('rm_c', 'org.statehub.rm.copied', '{id}');
+CREATE TABLE rm_x (id integer PRIMARY KEY, v integer);
+INSERT INTO rm_x VALUES (1, 0);
+CREATE FUNCTION rm_x_copy() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  COPY rm_c FROM PROGRAM 'printf "7,eu\n"' WITH (FORMAT csv);
+  RETURN NULL;
+END $$;
+CREATE TRIGGER rm_x_copy AFTER UPDATE ON rm_x FOR EACH ROW EXECUTE FUNCTION rm_x_copy();
+UPDATE rm_x SET v = 1;
+SELECT * FROM show_events();
+SELECT clear_events();
+DROP TABLE rm_c, rm_x;
+DROP FUNCTION rm_x_copy();
+
 DROP TABLE rm_t, rm_src;
 DROP FUNCTION rm_keep();

@@ -49,6 +49,7 @@
 #include "nodes/makefuncs.h"
 #include "parser/parse_func.h"
 #include "rewrite/rewriteManip.h"
+#include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -89,6 +90,7 @@ typedef struct MovedRow
 
 static HTAB *capture_cache = NULL;
 static ExecutorFinish_hook_type prev_executor_finish = NULL;
+static ProcessUtility_hook_type prev_process_utility = NULL;
 
 static bool cache_has_invalid = false;	/* entries to free before the next use */
 static bool wakeup_armed = false;
@@ -467,12 +469,45 @@ capture_executor_finish(QueryDesc *queryDesc)
 	PG_END_TRY();
 }
 
-/* Install the hook above; from _PG_init. */
+/*
+ * A utility statement run inside a finishing query (a COPY in a trigger
+ * function of an UPDATE) fires its own AFTER triggers without going
+ * through ExecutorFinish: its rows are none of that query's moves, so it
+ * runs with no finishing query.
+ */
+static void
+capture_process_utility(PlannedStmt *pstmt, const char *queryString,
+						bool readOnlyTree, ProcessUtilityContext context,
+						ParamListInfo params, QueryEnvironment *queryEnv,
+						DestReceiver *dest, QueryCompletion *qc)
+{
+	FinishingQuery *saved = finishing;
+
+	finishing = NULL;
+	PG_TRY();
+	{
+		if (prev_process_utility)
+			prev_process_utility(pstmt, queryString, readOnlyTree, context,
+								 params, queryEnv, dest, qc);
+		else
+			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+									params, queryEnv, dest, qc);
+	}
+	PG_FINALLY();
+	{
+		finishing = saved;
+	}
+	PG_END_TRY();
+}
+
+/* Install the hooks above; from _PG_init. */
 void
 statehub_capture_init(void)
 {
 	prev_executor_finish = ExecutorFinish_hook;
 	ExecutorFinish_hook = capture_executor_finish;
+	prev_process_utility = ProcessUtility_hook;
+	ProcessUtility_hook = capture_process_utility;
 }
 
 static void
