@@ -77,6 +77,7 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
@@ -134,6 +135,9 @@
  * cnats' copies of the batch in flight.
  */
 #define BATCH_MAX_BYTES ((int64) 16 * 1024 * 1024)
+
+/* Rows per fetch of the scan's cursor. */
+#define SCAN_FETCH 128
 #define POISON_WINDOW_MS 250
 
 /* One published row of a batch. */
@@ -216,7 +220,7 @@ prepare(const char *sql, int nargs, Oid *argtypes)
 static void
 prepare_plans(void)
 {
-	Oid			scan_types[3] = {INT8OID, INT8OID, INT8OID};
+	Oid			scan_types[2] = {INT8OID, INT8OID};
 	Oid			due_types[3] = {INT8OID, INT8OID, TIMESTAMPTZOID};
 	Oid			next_due_types[1] = {TIMESTAMPTZOID};
 	Oid			ids_types[1] = {INT8ARRAYOID};
@@ -230,21 +234,15 @@ prepare_plans(void)
 		return;
 
 	/*
-	 * The next rows from the cursor, the first $2 by id; "within" is false
-	 * from the first row whose payload would take the batch past $3 bytes
-	 * (such rows are not taken, and their payload is not read).
+	 * The next rows from the cursor, the first $2 by id.  Read through an
+	 * SPI cursor, SCAN_FETCH rows at a time, so a scan stops at
+	 * BATCH_MAX_BYTES of payload without having read what lies beyond
+	 * (payloads are detoasted only when taken).
 	 */
-	scan_plan = prepare("SELECT id, event_id, subject, payload, attempts, next_attempt_at, backfill,"
-						"       upto OPERATOR(pg_catalog.-) pg_catalog.octet_length(payload)"
-						"         OPERATOR(pg_catalog.<) $3 AS within"
-						" FROM (SELECT id, event_id, subject, payload, attempts, next_attempt_at, backfill,"
-						"              pg_catalog.sum(pg_catalog.octet_length(payload))"
-						"                OVER (ORDER BY id ROWS UNBOUNDED PRECEDING) AS upto"
-						"         FROM (SELECT id, event_id, subject, payload, attempts, next_attempt_at, backfill"
-						"                 FROM statehub_events.outbox"
-						"                WHERE id OPERATOR(pg_catalog.>=) $1 ORDER BY id LIMIT $2) o) s"
-						" ORDER BY id",
-						3, scan_types);
+	scan_plan = prepare("SELECT id, event_id, subject, payload, attempts, next_attempt_at, backfill"
+						" FROM statehub_events.outbox"
+						" WHERE id OPERATOR(pg_catalog.>=) $1 ORDER BY id LIMIT $2",
+						2, scan_types);
 
 	/*
 	 * Due retries below the cursor, through the partial index on
@@ -657,131 +655,187 @@ in_pipeline(int64 id, int *pos_flight, int *pos_answered)
  * left that it did not see.  Inside the round's transaction, in its
  * snapshot.
  */
+/* What scan_batch keeps while it takes rows, one at a time (take_row). */
+typedef struct ScanProgress
+{
+	Batch	   *next;
+	int			capacity;		/* of next->rows and next->events */
+	int			batch_size;
+	int			taken;
+	int			pos_flight;
+	int			pos_answered;
+	int64		bytes;			/* payload bytes of the scan's rows so far */
+	int64		max_body;
+	TimestampTz now;
+	RowUpdates *dead;
+	int		   *npoison;
+	int64	   *max_id;
+} ScanProgress;
+
+/*
+ * Take one row of the scan (due: of the retry query) into the batch, skip
+ * it, or move it to the dead letters.  False when the batch is full before
+ * this row: it and what follows are not taken (and their payload is not
+ * read).  A row of the scan that starts past BATCH_MAX_BYTES fills the
+ * batch, so a batch is at most that much and one row more.
+ */
+static bool
+take_row(ScanProgress *st, HeapTuple tup, TupleDesc desc, bool due)
+{
+	Batch	   *next = st->next;
+	bool		isnull;
+	bool		within = true;
+	int64		id;
+	int32		attempts;
+	Datum		datum;
+	text	   *payload;
+	char	   *subject;
+	char	   *reason;
+	StatehubPubEvent *ev;
+
+	datum = SPI_getbinval(tup, desc, 4, &isnull);
+	if (!due)
+	{
+		within = st->bytes < BATCH_MAX_BYTES;
+		st->bytes += (int64) toast_raw_datum_size(datum) - VARHDRSZ;
+	}
+	id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+	if (in_pipeline(id, &st->pos_flight, &st->pos_answered))
+	{
+		if (!due)
+			*st->max_id = id;
+		return true;
+	}
+
+	/* a full batch already: what follows was not seen */
+	if (st->taken == st->batch_size || !within)
+	{
+		if (due)
+			retry_due_at = st->now;
+		return false;
+	}
+	st->taken++;
+	if (!due)
+		*st->max_id = id;
+	attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+
+	datum = SPI_getbinval(tup, desc, 6, &isnull);
+	if (!isnull && DatumGetTimestampTz(datum) > st->now)
+	{
+		/* not due: seen, and remembered for the retry query */
+		retry_due_at = Min(retry_due_at, DatumGetTimestampTz(datum));
+		return true;
+	}
+
+	payload = DatumGetTextPP(SPI_getbinval(tup, desc, 4, &isnull));
+	subject = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
+	reason = unpublishable(subject, payload, st->max_body);
+	if (reason == NULL && id == poison_id)
+	{
+		/* the poison guard's verdict: its last loss was an attempt */
+		reason = psprintf("suspected poison: the connection to NATS was lost %d times in a row with this event the first without an answer",
+						  POISON_LOSSES);
+		attempts++;
+		poison_id = suspect_id = -1;
+		suspect_losses = 0;
+	}
+	if (reason != NULL)
+	{
+		add_update(st->dead, id, attempts, reason, st->now);
+		(*st->npoison)++;
+		statehub_counters_note(subject, false);
+		return true;
+	}
+
+	if (next->n == st->capacity)
+	{
+		int			grown = st->capacity * 2;
+
+		next->rows = repalloc(next->rows, sizeof(BatchRow) * grown);
+		next->events = repalloc(next->events, sizeof(StatehubPubEvent) * grown);
+		memset(&next->events[st->capacity], 0,
+			   sizeof(StatehubPubEvent) * (grown - st->capacity));
+		st->capacity = grown;
+	}
+	next->rows[next->n].id = id;
+	next->rows[next->n].attempts = attempts;
+	ev = &next->events[next->n];
+	/* cnats copies the payload, but it is read after SPI_finish */
+	ev->payload_len = VARSIZE_ANY_EXHDR(payload);
+	ev->payload = MemoryContextAlloc(next->cxt, Max(ev->payload_len, 1));
+	memcpy((char *) ev->payload, VARDATA_ANY(payload), ev->payload_len);
+	ev->subject = MemoryContextStrdup(next->cxt, subject);
+	statehub_format_uuid(DatumGetUUIDP(SPI_getbinval(tup, desc, 2, &isnull))->data,
+						 ev->msg_id);
+	ev->backfill = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+	next->n++;
+	if ((Pointer) payload != DatumGetPointer(SPI_getbinval(tup, desc, 4, &isnull)))
+		pfree(payload);			/* a detoasted copy */
+	return true;
+}
+
 static StatehubBatchResult
 scan_batch(int64 from, bool retry_pass, int nskip, TimestampTz now,
 		   RowUpdates *dead, int *npoison, int64 *max_id)
 {
-	StatehubBatchResult result = STATEHUB_BATCH_DONE;
 	Datum		values[3];
 	/* a poison suspect goes out alone (POISON_LOSSES) */
 	int			batch_size = suspect_losses > 0 ? 1 : statehub_batch_size;
 	int			limit = batch_size + nskip;
-	SPITupleTable *due_rows = NULL;
-	int			ndue = 0;
-	int			nrows;
-	int			taken = 0;
-	int			pos_flight = 0;
-	int			pos_answered = 0;
-	int64		max_body = statehub_nats_max_body();
-	Batch	   *next;
-	int			i;
+	int			nrows = 0;
+	bool		full = false;
+	ScanProgress	st;
+	Portal		portal;
+
+	memset(&st, 0, sizeof(st));
+	st.batch_size = batch_size;
+	st.max_body = statehub_nats_max_body();
+	st.now = now;
+	st.dead = dead;
+	st.npoison = npoison;
+	st.max_id = max_id;
+	st.capacity = Min(limit, SCAN_FETCH);
+	st.next = spare_batch();
+	st.next->rows = MemoryContextAlloc(st.next->cxt, sizeof(BatchRow) * st.capacity);
+	st.next->events = MemoryContextAllocZero(st.next->cxt,
+											 sizeof(StatehubPubEvent) * st.capacity);
+	scanned = st.next;
 
 	/* rows of the batches in flight and answered are seen and skipped */
 	values[0] = Int64GetDatum(from);
 	values[1] = Int64GetDatum((int64) limit);
 	if (retry_pass)
 	{
+		SPITupleTable *due_rows;
+		int			ndue;
+
 		values[2] = TimestampTzGetDatum(now);
 		if (SPI_execute_plan(due_plan, values, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not look for due retries in statehub_events.outbox");
 		due_rows = SPI_tuptable;
 		ndue = (int) SPI_processed;
 		retry_due_at = (ndue == limit) ? now : next_retry_due(now);
+		/* the due retries first: all below from, so in id order */
+		for (int i = 0; i < ndue && !full; i++)
+			full = !take_row(&st, due_rows->vals[i], due_rows->tupdesc, true);
+		SPI_freetuptable(due_rows);
+		if (full)
+			return STATEHUB_BATCH_FULL;
 	}
-	values[2] = Int64GetDatum(BATCH_MAX_BYTES);
-	if (SPI_execute_plan(scan_plan, values, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not scan statehub_events.outbox");
-	nrows = (int) SPI_processed;
-	if (nrows == limit)
-		result = STATEHUB_BATCH_FULL;
 
-	next = spare_batch();
-	next->rows = MemoryContextAlloc(next->cxt,
-									sizeof(BatchRow) * Max(ndue + nrows, 1));
-	next->events = MemoryContextAllocZero(next->cxt,
-										  sizeof(StatehubPubEvent) * Max(ndue + nrows, 1));
-	scanned = next;
-
-	/* the due retries first: all below from, so in id order */
-	for (i = 0; i < ndue + nrows; i++)
+	portal = SPI_cursor_open(NULL, scan_plan, values, NULL, true);
+	while (!full)
 	{
-		SPITupleTable *tt = i < ndue ? due_rows : SPI_tuptable;
-		HeapTuple	tup = tt->vals[i < ndue ? i : i - ndue];
-		TupleDesc	desc = tt->tupdesc;
-		bool		isnull;
-		int64		id;
-		int32		attempts;
-		text	   *payload;
-		char	   *subject;
-		char	   *reason;
-		Datum		due;
-		StatehubPubEvent *ev;
-
-		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		if (in_pipeline(id, &pos_flight, &pos_answered))
-		{
-			if (i >= ndue)
-				*max_id = id;
-			continue;
-		}
-
-		/* a full batch already: what follows was not seen */
-		if (taken == batch_size ||
-			(i >= ndue &&
-			 !DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull))))
-		{
-			result = STATEHUB_BATCH_FULL;
-			if (i < ndue)
-				retry_due_at = now;
+		SPI_cursor_fetch(portal, true, SCAN_FETCH);
+		if (SPI_processed == 0)
 			break;
-		}
-		taken++;
-		if (i >= ndue)
-			*max_id = id;
-		attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
-
-		due = SPI_getbinval(tup, desc, 6, &isnull);
-		if (!isnull && DatumGetTimestampTz(due) > now)
-		{
-			/* not due: seen, and remembered for the retry query */
-			retry_due_at = Min(retry_due_at, DatumGetTimestampTz(due));
-			continue;
-		}
-
-		payload = DatumGetTextPP(SPI_getbinval(tup, desc, 4, &isnull));
-		subject = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
-		reason = unpublishable(subject, payload, max_body);
-		if (reason == NULL && id == poison_id)
-		{
-			/* the poison guard's verdict: its last loss was an attempt */
-			reason = psprintf("suspected poison: the connection to NATS was lost %d times in a row with this event the first without an answer",
-							  POISON_LOSSES);
-			attempts++;
-			poison_id = suspect_id = -1;
-			suspect_losses = 0;
-		}
-		if (reason != NULL)
-		{
-			add_update(dead, id, attempts, reason, now);
-			(*npoison)++;
-			statehub_counters_note(subject, false);
-			continue;
-		}
-
-		next->rows[next->n].id = id;
-		next->rows[next->n].attempts = attempts;
-		ev = &next->events[next->n];
-		/* cnats copies the payload, but it is read after SPI_finish */
-		ev->payload_len = VARSIZE_ANY_EXHDR(payload);
-		ev->payload = MemoryContextAlloc(next->cxt, Max(ev->payload_len, 1));
-		memcpy((char *) ev->payload, VARDATA_ANY(payload), ev->payload_len);
-		ev->subject = MemoryContextStrdup(next->cxt, subject);
-		statehub_format_uuid(DatumGetUUIDP(SPI_getbinval(tup, desc, 2, &isnull))->data,
-							 ev->msg_id);
-		ev->backfill = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
-		next->n++;
+		nrows += (int) SPI_processed;
+		for (uint64 i = 0; i < SPI_processed && !full; i++)
+			full = !take_row(&st, SPI_tuptable->vals[i], SPI_tuptable->tupdesc, false);
+		SPI_freetuptable(SPI_tuptable);
 	}
-	return result;
+	SPI_cursor_close(portal);
+	return (full || nrows == limit) ? STATEHUB_BATCH_FULL : STATEHUB_BATCH_DONE;
 }
 
 /*
