@@ -905,7 +905,14 @@ follow_row_move(FunctionCallInfo fcinfo, TriggerData *trigdata)
 		MemoryContext oldcxt;
 
 		if (finishing->pending != NULL)
+		{
+			/* the same DELETE event, through another row-move trigger */
+			if (finishing->pending->relid == RelationGetRelid(trigdata->tg_relation) &&
+				ItemPointerEquals(&finishing->pending->tuple->t_self,
+								  &trigdata->tg_trigtuple->t_self))
+				return;
 			refuse_lost_move(finishing->pending);
+		}
 		if (!row_moved(trigdata))
 			return;
 		oldcxt = MemoryContextSwitchTo(finishing->cxt);
