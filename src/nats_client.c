@@ -105,6 +105,9 @@
 /* Longest single blocking cnats call in the worker's own thread. */
 #define WAIT_SLICE_MS 100
 
+/* Longest a write to the server may make no progress (build_options). */
+#define WRITE_DEADLINE_MS 1000
+
 static natsConnection *conn = NULL;
 static jsCtx *js = NULL;
 
@@ -636,6 +639,16 @@ build_options(natsOptions **optsp, const char **what)
 	 */
 	if (s == NATS_OK)
 		s = natsOptions_SetAllowReconnect(opts, false);
+
+	/*
+	 * A server that takes no bytes for WRITE_DEADLINE_MS (stopped, or
+	 * stalled) fails the write, and so the connection, rather than block
+	 * the worker in send() (or behind cnats' flusher blocked there) for as
+	 * long as it hangs, deaf to SIGTERM: a big batch fills the socket's
+	 * buffers.
+	 */
+	if (s == NATS_OK)
+		s = natsOptions_SetWriteDeadline(opts, WRITE_DEADLINE_MS);
 	if (s == NATS_OK)
 		s = natsOptions_SetDisconnectedCB(opts, disconnected_cb, NULL);
 	if (s == NATS_OK)

@@ -128,6 +128,34 @@ ok($node->poll_query_until('postgres',
 		q{SELECT pid IS NOT NULL FROM statehub_events.status}),
 	'terminate: the postmaster starts a new worker');
 
+# --- pg_terminate_backend while a big batch cannot be written ---------------
+# (3,000 events of 8 kB fill the socket's buffers: a frozen NATS then blocks
+# the worker's writes, not only its wait for acks)
+
+StatehubTest::insert_events($node, 1);
+ok(StatehubTest::wait_for_drain($node), 'big batch: NATS is up and the outbox drains');
+kill 'STOP', $nats->{pid};
+$node->safe_psql('postgres', q{
+SELECT statehub_events.emit('org.statehub.test.created',
+                            pg_catalog.jsonb_build_object('pad', pg_catalog.repeat('x', 8000)))
+  FROM pg_catalog.generate_series(1, 3000)});
+ok( $node->poll_query_until(
+		'postgres', q{
+SELECT pg_catalog.count(*) = 1
+  FROM pg_catalog.pg_stat_activity
+ WHERE backend_type = 'statehub_events worker' AND state = 'active'
+   AND query = 'waiting for NATS JetStream'}),
+	'big batch: with NATS frozen the worker publishes the batch');
+$pid = StatehubTest::worker_status($node)->{pid};
+$t0 = time();
+$node->safe_psql('postgres', "SELECT pg_catalog.pg_terminate_backend($pid)");
+ok(wait_gone($pid), 'big batch: the worker process is gone');
+$took = time() - $t0;
+note(sprintf('worker gone %.3f s after pg_terminate_backend', $took));
+cmp_ok($took, '<', $bound, "big batch: within $bound s of SIGTERM");
+thaw();
+ok(StatehubTest::wait_for_drain($node, 120), 'big batch: the events drain once NATS is back');
+
 # --- pg_ctl stop -m fast while the worker waits ------------------------------
 
 freeze_with_event_in_flight('fast stop');
@@ -144,8 +172,8 @@ thaw();
 $node->start;
 ok(StatehubTest::wait_for_drain($node), 'after a restart the outbox drains');
 is($nats->stream_info('STATEHUB')->{messages},
-	$node->safe_psql('postgres', 'SELECT count(*) FROM t'),
-	'every committed event is in the stream once');
+	$node->safe_psql('postgres', 'SELECT count(*) + 3000 FROM t'),
+	'every committed event (the big batch\'s 3,000 too) is in the stream once');
 
 # --- postmaster death while the worker waits --------------------------------
 
