@@ -234,6 +234,7 @@ typedef struct AckParse
 	const char *key;			/* the current field, at depth 1 or 2 */
 	bool		in_error;		/* inside the top-level "error" object */
 	bool		stored;			/* a top-level "seq" */
+	char		stream[NAMEDATALEN + 1];	/* the top-level "stream" */
 	bool		error;			/* a top-level "error" */
 	int64		err_code;
 	char		description[STATEHUB_PUB_ERROR_LEN];
@@ -281,6 +282,9 @@ ack_scalar(void *state, char *token, JsonTokenType tokentype)
 	if (a->depth == 1 && strcmp(a->key, "seq") == 0 &&
 		tokentype == JSON_TOKEN_NUMBER)
 		a->stored = true;
+	else if (a->depth == 1 && strcmp(a->key, "stream") == 0 &&
+			 tokentype == JSON_TOKEN_STRING)
+		strlcpy(a->stream, token, sizeof(a->stream));
 	else if (a->depth == 1 && strcmp(a->key, "error") == 0)
 		a->error = true;		/* not an object: an error all the same */
 	else if (a->in_error && a->depth == 2 && strcmp(a->key, "err_code") == 0 &&
@@ -326,6 +330,21 @@ record_ack(StatehubPubEvent *ev, natsMsg *msg)
 			ev->err_status = (int) NATS_ERR;
 			ev->err_code = (int) a.err_code;
 			strlcpy(ev->error, a.description, sizeof(ev->error));
+			ev->outcome = STATEHUB_PUB_REJECTED;
+		}
+		else if (!a.error && a.stored &&
+				 strcmp(a.stream, statehub_stream_name) != 0)
+		{
+			/*
+			 * Stored, but by another stream that listens on the subject:
+			 * not delivered to ours, and so not to its consumers.  A
+			 * rejection of the event (err_code -1: worded here).
+			 */
+			ev->err_status = (int) NATS_ERR;
+			ev->err_code = -1;
+			snprintf(ev->error, sizeof(ev->error),
+					 "stream \"%s\" took the event, not stream \"%s\": no stream of this worker listens on subject \"%s\"",
+					 a.stream, statehub_stream_name, ev->subject);
 			ev->outcome = STATEHUB_PUB_REJECTED;
 		}
 		else if (!a.error && a.stored)

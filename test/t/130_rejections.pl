@@ -149,4 +149,23 @@ is(StatehubTest::worker_status($node)->{failed} - $failed_before8, 2,
 StatehubTest::stream_holds_exactly($small, 'STATEHUB', \@good,
 	'case 8: the events around the oversized ones');
 
+# --- case 9: another stream takes the subject ---------------------------------
+# Its ack is no delivery to our stream: the event is rejected, retried and
+# dead-lettered like one nobody listens for, never counted as published.
+
+$small->create_stream('OTHER', 'org.elsewhere.>');
+$node->safe_psql('postgres', q{
+INSERT INTO statehub_events.outbox (event_id, subject, payload)
+VALUES (gen_random_uuid(), 'org.elsewhere.took', '{"n": 9}');
+SELECT statehub_events.wake_worker();});
+ok($node->poll_query_until('postgres',
+		q{SELECT count(*) = 1 FROM statehub_events.dead_letter WHERE subject = 'org.elsewhere.took'}),
+	'case 9: the event another stream took is a dead letter');
+like($node->safe_psql('postgres',
+		q{SELECT attempts || ' ' || reason FROM statehub_events.dead_letter WHERE subject = 'org.elsewhere.took'}),
+	qr/^3 stream "OTHER" took the event, not stream "STATEHUB"/,
+	'case 9: after max_attempts, with a reason that names both streams');
+StatehubTest::stream_holds_exactly($small, 'STATEHUB', \@good,
+	'case 9: our stream');
+
 done_testing();
