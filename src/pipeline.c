@@ -200,6 +200,15 @@ static int64 suspect_id = -1;
 static int	suspect_losses = 0;
 static int64 poison_id = -1;	/* to dead-letter when next scanned */
 
+/*
+ * At most this many events per batch (0: batch_size) after a batch that
+ * the server did not answer within publish_timeout: halved each time, so a
+ * publish_timeout too short for a batch_size (or a server slowed down)
+ * cannot keep the drain from moving; doubled back with each round that
+ * delivers.
+ */
+static int	batch_limit = 0;
+
 /* ---------------------------------------------------------------------
  * Batches
  * ---------------------------------------------------------------------
@@ -780,7 +789,8 @@ scan_batch(int64 from, bool retry_pass, int nskip, TimestampTz now,
 {
 	Datum		values[3];
 	/* a poison suspect goes out alone (POISON_LOSSES) */
-	int			batch_size = suspect_losses > 0 ? 1 : statehub_batch_size;
+	int			batch_size = suspect_losses > 0 ? 1 :
+		(batch_limit > 0 ? Min(batch_limit, statehub_batch_size) : statehub_batch_size);
 	int			limit = batch_size + nskip;
 	int			nrows = 0;
 	bool		full = false;
@@ -1158,6 +1168,26 @@ statehub_pipeline_drop_scanned(void)
  * every batch of the pipeline.  Their events go out again, and the stream
  * drops what it holds.
  */
+/* A batch was not answered within publish_timeout: smaller ones next. */
+void
+statehub_pipeline_shrink_batches(void)
+{
+	int			current = batch_limit > 0 ? batch_limit : statehub_batch_size;
+
+	batch_limit = Max(current / 2, 1);
+}
+
+/* A round delivered: grow the batches back towards batch_size. */
+void
+statehub_pipeline_grow_batches(void)
+{
+	if (batch_limit == 0)
+		return;
+	batch_limit = batch_limit * 2;
+	if (batch_limit >= statehub_batch_size)
+		batch_limit = 0;
+}
+
 void
 statehub_pipeline_reset(void)
 {

@@ -30,6 +30,8 @@ extern bool statehub_pipeline_publish(bool full, char *error, size_t errlen);
 extern void statehub_pipeline_drop_scanned(void);
 extern void statehub_pipeline_forget_in_flight(void);
 extern void statehub_pipeline_reset(void);
+extern void statehub_pipeline_shrink_batches(void);
+extern void statehub_pipeline_grow_batches(void);
 
 extern int	statehub_pipeline_scanned_count(void);
 extern bool statehub_pipeline_in_flight(void);

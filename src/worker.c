@@ -519,6 +519,8 @@ worker_round(void)
 					 errdetail_internal("%s", error)));
 			statehub_nats_close();
 			stream_checked = false;
+			/* and if the batch was too big for publish_timeout, halve it */
+			statehub_pipeline_shrink_batches();
 		}
 		back_off(error);
 		return statehub_ms_until(next_attempt_at);
@@ -531,6 +533,7 @@ worker_round(void)
 	 */
 	if (progress)
 	{
+		statehub_pipeline_grow_batches();
 		backoff_ms = 0;
 		if (state == STATEHUB_WORKER_BACKOFF)
 			set_state(STATEHUB_WORKER_CONNECTED, NULL);
