@@ -1174,7 +1174,13 @@ statehub_pipeline_shrink_batches(void)
 {
 	int			current = batch_limit > 0 ? batch_limit : statehub_batch_size;
 
-	batch_limit = Max(current / 2, 1);
+	if (current <= 1)
+		return;
+	batch_limit = current / 2;
+	ereport(LOG,
+			(errmsg("statehub_events worker publishes batches of at most %d events until one is delivered",
+					batch_limit),
+			 errdetail("The last batch was not answered within statehub_events.publish_timeout.")));
 }
 
 /* A round delivered: grow the batches back towards batch_size. */

@@ -39,5 +39,8 @@ ok(StatehubTest::wait_for_drain($node, 240), 'the drain moves on to the end');
 is($nats->stream_info('STATEHUB')->{messages}, 100_001,
 	'every event is in the stream once');
 is(StatehubTest::dead_letter_count($node), 0, 'nothing is dead-lettered');
+like(slurp_file($node->logfile),
+	qr/LOG:  statehub_events worker publishes batches of at most 50000 events until one is delivered/,
+	'the worker said it made its batches smaller');
 
 done_testing();
