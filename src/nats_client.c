@@ -234,6 +234,8 @@ typedef struct AckParse
 	const char *key;			/* the current field, at depth 1 or 2 */
 	bool		in_error;		/* inside the top-level "error" object */
 	bool		stored;			/* a top-level "seq" */
+	bool		zero_seq;		/* ... that is 0 */
+	bool		duplicate;		/* a top-level "duplicate": true */
 	char		stream[NAMEDATALEN + 1];	/* the top-level "stream" */
 	bool		error;			/* a top-level "error" */
 	int64		err_code;
@@ -281,7 +283,13 @@ ack_scalar(void *state, char *token, JsonTokenType tokentype)
 		return;
 	if (a->depth == 1 && strcmp(a->key, "seq") == 0 &&
 		tokentype == JSON_TOKEN_NUMBER)
+	{
 		a->stored = true;
+		a->zero_seq = strcmp(token, "0") == 0;
+	}
+	else if (a->depth == 1 && strcmp(a->key, "duplicate") == 0 &&
+			 tokentype == JSON_TOKEN_TRUE)
+		a->duplicate = true;
 	else if (a->depth == 1 && strcmp(a->key, "stream") == 0 &&
 			 tokentype == JSON_TOKEN_STRING)
 		strlcpy(a->stream, token, sizeof(a->stream));
@@ -345,6 +353,24 @@ record_ack(StatehubPubEvent *ev, natsMsg *msg)
 			snprintf(ev->error, sizeof(ev->error),
 					 "stream \"%s\" took the event, not stream \"%s\": no stream of this worker listens on subject \"%s\"",
 					 a.stream, statehub_stream_name, ev->subject);
+			ev->outcome = STATEHUB_PUB_REJECTED;
+		}
+		else if (!a.error && a.stored && a.duplicate && a.zero_seq)
+		{
+			/*
+			 * "A duplicate of sequence 0": a clustered stream leader of
+			 * nats-server before 2.10.25 stages a Nats-Msg-Id with sequence
+			 * 0 until the message is stored, and keeps it when a leader
+			 * change drops the message (nats-server pull request 6415).
+			 * Nothing says the event is stored: trouble of the stream,
+			 * published again in order after a back-off, never deleted on
+			 * such an answer.
+			 */
+			ev->err_status = (int) NATS_ERR;
+			ev->err_code = 0;
+			strlcpy(ev->error,
+					"JetStream answered that the event duplicates one it has not stored (sequence 0)",
+					sizeof(ev->error));
 			ev->outcome = STATEHUB_PUB_REJECTED;
 		}
 		else if (!a.error && a.stored)
