@@ -304,6 +304,27 @@ ack_scalar(void *state, char *token, JsonTokenType tokentype)
 }
 
 /*
+ * The stream refused ev: status and code as statehub_nats_stream_trouble
+ * reads them (code -1: the event's own fault), and the reason worded for
+ * the DBA.  Worker thread only.
+ */
+static void reject(StatehubPubEvent *ev, natsStatus status, int code,
+				   const char *fmt,...) pg_attribute_printf(4, 5);
+
+static void
+reject(StatehubPubEvent *ev, natsStatus status, int code, const char *fmt,...)
+{
+	va_list		args;
+
+	ev->err_status = (int) status;
+	ev->err_code = code;
+	va_start(args, fmt);
+	vsnprintf(ev->error, sizeof(ev->error), fmt, args);
+	va_end(args);
+	ev->outcome = STATEHUB_PUB_REJECTED;
+}
+
+/*
  * Record what an ack says about its event.  An error with a JetStream error
  * code: the stream refused this message.  A stored message (or a duplicate
  * of one): acked.  Anything else leaves the event without an answer, which
@@ -334,26 +355,20 @@ record_ack(StatehubPubEvent *ev, natsMsg *msg)
 	if (pg_parse_json(lex, &sem) == JSON_SUCCESS)
 	{
 		if (a.error && a.err_code != 0)
-		{
-			ev->err_status = (int) NATS_ERR;
-			ev->err_code = (int) a.err_code;
-			strlcpy(ev->error, a.description, sizeof(ev->error));
-			ev->outcome = STATEHUB_PUB_REJECTED;
-		}
+			reject(ev, NATS_ERR, (int) a.err_code,
+				   "JetStream rejected the event: %s (error code %d)",
+				   a.description, (int) a.err_code);
 		else if (!a.error && a.stored &&
 				 strcmp(a.stream, statehub_stream_name) != 0)
 		{
 			/*
 			 * Stored, but by another stream that listens on the subject:
-			 * not delivered to ours, and so not to its consumers.  A
-			 * rejection of the event (err_code -1: worded here).
+			 * not delivered to ours, and so not to its consumers.  The
+			 * event's own fault (its subject), like no stream at all.
 			 */
-			ev->err_status = (int) NATS_ERR;
-			ev->err_code = -1;
-			snprintf(ev->error, sizeof(ev->error),
-					 "stream \"%s\" took the event, not stream \"%s\": no stream of this worker listens on subject \"%s\"",
-					 a.stream, statehub_stream_name, ev->subject);
-			ev->outcome = STATEHUB_PUB_REJECTED;
+			reject(ev, NATS_ERR, -1,
+				   "stream \"%s\" took the event, not stream \"%s\": no stream of this worker listens on subject \"%s\"",
+				   a.stream, statehub_stream_name, ev->subject);
 		}
 		else if (!a.error && a.stored && a.duplicate && a.zero_seq)
 		{
@@ -366,12 +381,8 @@ record_ack(StatehubPubEvent *ev, natsMsg *msg)
 			 * published again in order after a back-off, never deleted on
 			 * such an answer.
 			 */
-			ev->err_status = (int) NATS_ERR;
-			ev->err_code = 0;
-			strlcpy(ev->error,
-					"JetStream answered that the event duplicates one it has not stored (sequence 0)",
-					sizeof(ev->error));
-			ev->outcome = STATEHUB_PUB_REJECTED;
+			reject(ev, NATS_ERR, 0,
+				   "JetStream answered that the event duplicates one it has not stored (sequence 0)");
 		}
 		else if (!a.error && a.stored)
 			ev->outcome = STATEHUB_PUB_ACKED;
@@ -1214,41 +1225,19 @@ batch_end(void)
 }
 
 /*
- * Forget the batch (if it is still the one in flight) and word the
- * rejections of its events, which are the caller's and valid.
+ * Forget the batch events (if it is still the one in flight).  Replies
+ * still to come for it must never be taken for the next batch's: a "no
+ * responders" status names no batch.  So an unfinished batch's go to a
+ * subscription that no longer exists.
  */
 static void
-finish_batch(StatehubPubEvent *events, int nevents)
+finish_batch(StatehubPubEvent *events)
 {
-	/*
-	 * Replies still to come for an unfinished batch must never be taken for
-	 * the next batch's: a "no responders" status names no batch.  So they
-	 * go to a subscription that no longer exists.
-	 */
 	if (events == batch_events && batch_unanswered > 0 && ack_sub != NULL)
 	{
 		close_ack_sub();
 		if (open_ack_sub() != NATS_OK)
 			close_ack_sub();	/* statehub_nats_connected() says false now */
-	}
-	for (int i = 0; i < nevents; i++)
-	{
-		StatehubPubEvent *ev = &events[i];
-
-		if (ev->outcome != STATEHUB_PUB_REJECTED || ev->err_code < 0)
-			continue;
-		if (ev->err_status == NATS_NO_RESPONDERS)
-			snprintf(ev->error, sizeof(ev->error),
-					 "no JetStream stream listens on subject \"%s\"", ev->subject);
-		else
-		{
-			char		text[STATEHUB_PUB_ERROR_LEN];
-
-			strlcpy(text, ev->error, sizeof(text));
-			snprintf(ev->error, sizeof(ev->error),
-					 "JetStream rejected the event: %s (error code %d)",
-					 text, ev->err_code);
-		}
 	}
 	batch_end();
 }
@@ -1307,10 +1296,8 @@ wait_for_acks(int timeout_ms)
 		if (ev->answered)
 			continue;
 		ev->answered = true;
-		ev->err_status = (int) NATS_NO_RESPONDERS;
-		ev->err_code = 0;
-		ev->error[0] = '\0';
-		ev->outcome = STATEHUB_PUB_REJECTED;
+		reject(ev, NATS_NO_RESPONDERS, 0,
+			   "no JetStream stream listens on subject \"%s\"", ev->subject);
 	}
 	return NATS_OK;
 }
@@ -1380,11 +1367,7 @@ statehub_nats_publish_async(StatehubPubEvent *events, int nevents,
 		if (s == NATS_INVALID_SUBJECT || s == NATS_INVALID_ARG)
 		{
 			/* the event can never be published: its own fault */
-			ev->err_status = (int) s;
-			ev->err_code = -1;
-			snprintf(ev->error, sizeof(ev->error), "invalid subject \"%s\"",
-					 ev->subject);
-			ev->outcome = STATEHUB_PUB_REJECTED;
+			reject(ev, s, -1, "invalid subject \"%s\"", ev->subject);
 			ev->answered = true;
 			batch_unanswered--;
 			s = NATS_OK;
@@ -1420,7 +1403,7 @@ statehub_nats_publish_async(StatehubPubEvent *events, int nevents,
 		}
 	}
 	if (result != STATEHUB_NATS_OK)
-		finish_batch(events, nevents);
+		finish_batch(events);
 	return result;
 }
 
@@ -1443,7 +1426,7 @@ statehub_nats_publish_wait(StatehubPubEvent *events, int nevents,
 	{
 		/* statehub_nats_close ended it: whatever was not acked is lost */
 		snprintf(errbuf, errlen, "the connection to NATS was closed");
-		finish_batch(events, nevents);
+		finish_batch(events);
 		return STATEHUB_NATS_FAILED;
 	}
 
@@ -1458,7 +1441,7 @@ statehub_nats_publish_wait(StatehubPubEvent *events, int nevents,
 							 "could not wait for JetStream acknowledgements", s);
 		result = STATEHUB_NATS_FAILED;
 	}
-	finish_batch(events, nevents);
+	finish_batch(events);
 	return result;
 }
 

@@ -49,7 +49,7 @@ typedef struct StatehubPubEvent
 	int			outcome;		/* a StatehubPubOutcome */
 	bool		answered;		/* an ack came in, whatever it said */
 	int			err_status;		/* cnats status of a rejection */
-	int			err_code;		/* JetStream error code; -1: error is final */
+	int			err_code;		/* JetStream error code; -1: the event's own fault */
 	char		error[STATEHUB_PUB_ERROR_LEN];	/* why it was rejected */
 } StatehubPubEvent;
 

@@ -138,6 +138,7 @@
 
 /* Rows per fetch of the scan's cursor. */
 #define SCAN_FETCH 128
+
 #define POISON_WINDOW_MS 250
 
 /* One published row of a batch. */
@@ -655,15 +656,6 @@ in_pipeline(int64 id, int *pos_flight, int *pos_answered)
 		 answered->rows[*pos_answered].id == id);
 }
 
-/*
- * Scan the next batch into scanned: the due retries below from (when
- * retry_pass), then up to batch_size rows from from on, oldest first,
- * skipping the pipeline's rows and those not due yet, and putting rows that
- * can never be published into dead (counted in *npoison).  *max_id is the
- * highest id the scan from from saw (-1: none); STATEHUB_BATCH_FULL when rows may be
- * left that it did not see.  Inside the round's transaction, in its
- * snapshot.
- */
 /* What scan_batch keeps while it takes rows, one at a time (take_row). */
 typedef struct ScanProgress
 {
@@ -696,17 +688,18 @@ take_row(ScanProgress *st, HeapTuple tup, TupleDesc desc, bool due)
 	bool		within = true;
 	int64		id;
 	int32		attempts;
+	Datum		raw;			/* the payload as stored: maybe toasted */
 	Datum		datum;
 	text	   *payload;
 	char	   *subject;
 	char	   *reason;
 	StatehubPubEvent *ev;
 
-	datum = SPI_getbinval(tup, desc, 4, &isnull);
+	raw = SPI_getbinval(tup, desc, 4, &isnull);
 	if (!due)
 	{
 		within = st->bytes < BATCH_MAX_BYTES;
-		st->bytes += (int64) toast_raw_datum_size(datum) - VARHDRSZ;
+		st->bytes += (int64) toast_raw_datum_size(raw) - VARHDRSZ;
 	}
 	id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 	if (in_pipeline(id, &st->pos_flight, &st->pos_answered))
@@ -736,7 +729,7 @@ take_row(ScanProgress *st, HeapTuple tup, TupleDesc desc, bool due)
 		return true;
 	}
 
-	payload = DatumGetTextPP(SPI_getbinval(tup, desc, 4, &isnull));
+	payload = DatumGetTextPP(raw);
 	subject = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
 	reason = unpublishable(subject, payload, st->max_body);
 	if (reason == NULL && id == poison_id)
@@ -778,11 +771,20 @@ take_row(ScanProgress *st, HeapTuple tup, TupleDesc desc, bool due)
 						 ev->msg_id);
 	ev->backfill = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 	next->n++;
-	if ((Pointer) payload != DatumGetPointer(SPI_getbinval(tup, desc, 4, &isnull)))
+	if ((Pointer) payload != DatumGetPointer(raw))
 		pfree(payload);			/* a detoasted copy */
 	return true;
 }
 
+/*
+ * Scan the next batch into scanned: the due retries below from (when
+ * retry_pass), then up to batch_size rows from from on, oldest first,
+ * skipping the pipeline's rows and those not due yet, and putting rows that
+ * can never be published into dead (counted in *npoison).  *max_id is the
+ * highest id the scan from from saw (-1: none); STATEHUB_BATCH_FULL when rows may be
+ * left that it did not see.  Inside the round's transaction, in its
+ * snapshot.
+ */
 static StatehubBatchResult
 scan_batch(int64 from, bool retry_pass, int nskip, TimestampTz now,
 		   RowUpdates *dead, int *npoison, int64 *max_id)
