@@ -12,6 +12,7 @@ OBJS = \
 	src/statehub_events.o \
 	src/capture.o \
 	src/envelope.o \
+	src/json_check.o \
 	src/catalog_checks.o \
 	src/mapping.o \
 	src/mapping_upkeep.o \

@@ -83,9 +83,7 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
-#include "common/jsonapi.h"
 #include "executor/spi.h"
-#include "mb/pg_wchar.h"
 #include "pgstat.h"
 #include "storage/condition_variable.h"
 #include "storage/lmgr.h"
@@ -102,6 +100,7 @@
 #include "counters.h"
 #include "cursor.h"
 #include "envelope.h"
+#include "json_check.h"
 #include "nats_client.h"
 #include "pipeline.h"
 #include "shmem.h"
@@ -600,8 +599,6 @@ unpublishable(const char *subject, text *payload, int64 max_body)
 {
 	size_t		len = VARSIZE_ANY_EXHDR(payload);
 	const char *problem;
-	JsonLexContext *lex;
-	JsonParseErrorType jerr;
 
 	if (len > max_body)
 		return psprintf("the event is %zu bytes, which exceeds the NATS server's max_payload (%lld bytes left after the headers)",
@@ -611,11 +608,8 @@ unpublishable(const char *subject, text *payload, int64 max_body)
 	if (problem != NULL)
 		return psprintf("invalid event type \"%s\": %s", subject, problem);
 
-	lex = makeJsonLexContextCstringLen(VARDATA_ANY(payload), len,
-									   GetDatabaseEncoding(), false);
-	jerr = pg_parse_json(lex, &nullSemAction);
-	/* no parser detail: it quotes the payload, and reasons are for pg_monitor */
-	if (jerr != JSON_SUCCESS)
+	/* no detail: it would quote the payload, and reasons are for pg_monitor */
+	if (!statehub_json_valid(VARDATA_ANY(payload), len))
 		return pstrdup("the payload is not valid JSON");
 	return NULL;
 }
