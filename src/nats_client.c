@@ -130,15 +130,18 @@ static int	batch_unanswered = 0;
 static MemoryContext ack_context = NULL;	/* parsing one ack, reset after */
 
 /*
- * Messages done with, destroyed SPENT_MAX at a time.  cnats hands every
- * destroyed message to its garbage-collector thread and wakes that thread
- * when it sleeps; destroyed one by one, each published event and each ack
- * cost a thread wake-up (while draining a backlog, that thread took a
- * sixth of the worker's CPU time, and waking it more).
+ * Messages done with, destroyed SPENT_MAX at a time (or once they hold
+ * SPENT_MAX_BYTES of data).  cnats hands every destroyed message to its
+ * garbage-collector thread and wakes that thread when it sleeps; destroyed
+ * one by one, each published event and each ack cost a thread wake-up.
+ * While draining a backlog that thread took a sixth of the worker's CPU
+ * time; in bursts of 512 it takes half as much.
  */
-#define SPENT_MAX 64
+#define SPENT_MAX 512
+#define SPENT_MAX_BYTES (1024 * 1024)
 static natsMsg *spent[SPENT_MAX];
 static int	nspent = 0;
+static int64 spent_bytes = 0;
 static void batch_end(void);
 
 /* When the connection was last lost (disconnected_cb), a TimestampTz. */
@@ -342,6 +345,7 @@ destroy_spent(void)
 	for (int i = 0; i < nspent; i++)
 		natsMsg_Destroy(spent[i]);
 	nspent = 0;
+	spent_bytes = 0;
 }
 
 /* Done with msg: destroyed with the next SPENT_MAX, or by destroy_spent. */
@@ -351,7 +355,8 @@ discard_msg(natsMsg *msg)
 	if (msg == NULL)
 		return;
 	spent[nspent++] = msg;
-	if (nspent == SPENT_MAX)
+	spent_bytes += natsMsg_GetDataLength(msg);
+	if (nspent == SPENT_MAX || spent_bytes >= SPENT_MAX_BYTES)
 		destroy_spent();
 }
 

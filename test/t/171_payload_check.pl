@@ -71,7 +71,10 @@ my @seeds = (
 	'[]', '{}', '[1,2,{"k":"v"}]', '"str"', '0', '-12.34E-5', 'null',
 	' { "id" : "1c9b", "attributes": {"n": [1, [2, [3]]], "t": "\\/\\b\\f\\r\\t"}} ',
 	'"\\ud800"', "\"\x{e9}\x{2713}\"", '[[[[]]]]', '{"a":{"b":{"c":{}}}}',
-	'1E400', '[-0, 0.0, 1e-7]');
+	'1E400', '[-0, 0.0, 1e-7]',
+	# long strings: the scanner skips plain bytes 8 at a time
+	'{"title": "Migrate the nightly stale-task sweep to \\"activity-core\\" events", "repo": "the-custodian/state-hub"}',
+	'["0123456789abcdefghijklmnopqrstuvwxyz\\u00e90123456789abcdef\\\\ghijklmnop"]');
 my @alphabet = (split(//, '{}[]",:. -+eE019abcdefnrtuxlsTFN\\/'),
 	"\t", "\n", "\r", "\x01", "\x1f", "\x7f", "\x{e9}");
 srand(13);
