@@ -13,7 +13,8 @@
  * one row stalled delivery for good.
  *
  * This is a single pass over the bytes with an explicit stack, so nesting
- * costs memory (one byte per level), never the C stack.  It accepts
+ * costs memory (one byte per level), never the C stack; the plain bytes of
+ * strings, most of a payload, are skipped 8 at a time.  It accepts
  * exactly what the json type accepts (RFC 8259): no trailing commas, no
  * leading zeros, no control characters in strings, "\u" with four hex
  * digits (a lone surrogate is accepted, as json accepts it).  Bytes from

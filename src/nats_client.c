@@ -142,6 +142,7 @@ static MemoryContext ack_context = NULL;	/* parsing one ack, reset after */
 static natsMsg *spent[SPENT_MAX];
 static int	nspent = 0;
 static int64 spent_bytes = 0;
+
 static void batch_end(void);
 
 /* When the connection was last lost (disconnected_cb), a TimestampTz. */
