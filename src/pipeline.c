@@ -84,6 +84,7 @@
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
+#include "mb/pg_wchar.h"
 #include "pgstat.h"
 #include "storage/condition_variable.h"
 #include "storage/lmgr.h"
@@ -588,28 +589,98 @@ settle_batch(Batch *b, TimestampTz now, Settled *out, RowUpdates *retry,
 }
 
 /*
+ * The payload (a varlena, detoasted) as UTF-8, which is what JSON between
+ * systems is (RFC 8259): *body and *len, the stored bytes themselves in a
+ * UTF8 database.  In another database the envelope was built in its
+ * encoding and is converted here; in SQL_ASCII, whose bytes above 0x7F
+ * mean nothing in particular, they must already be UTF-8.  Returns why the
+ * payload cannot be UTF-8, or NULL.  Never raises an ERROR for the
+ * payload's sake: one bad row must not fail the round.
+ */
+static char *
+payload_utf8(text *payload, const char **body, size_t *len)
+{
+	static Oid	to_utf8 = InvalidOid;	/* the database's default conversion */
+	int			encoding = GetDatabaseEncoding();
+	const char *src = VARDATA_ANY(payload);
+	size_t		srclen = VARSIZE_ANY_EXHDR(payload);
+	char	   *dest;
+	int			converted;
+
+	*body = src;
+	*len = srclen;
+	if (encoding == PG_UTF8)
+		return NULL;
+	if (encoding == PG_SQL_ASCII)
+	{
+		if (!pg_verify_mbstr(PG_UTF8, src, srclen, true))
+			return pstrdup("the payload is not valid UTF-8 (the database's encoding is SQL_ASCII, which does not say what bytes above 0x7F mean)");
+		return NULL;
+	}
+	if (!OidIsValid(to_utf8))
+		to_utf8 = FindDefaultConversionProc(encoding, PG_UTF8);
+	if (!OidIsValid(to_utf8) || srclen > (MaxAllocSize - 1) / MAX_CONVERSION_GROWTH)
+		return psprintf("the payload cannot be converted from %s to UTF-8",
+						GetDatabaseEncodingName());
+	dest = palloc(srclen * MAX_CONVERSION_GROWTH + 1);
+	converted = pg_do_encoding_conversion_buf(to_utf8, encoding, PG_UTF8,
+											  (unsigned char *) src, srclen,
+											  (unsigned char *) dest,
+											  srclen * MAX_CONVERSION_GROWTH + 1,
+											  true);
+	if (converted < srclen)
+		return psprintf("the payload has a character (at byte %d) with no equivalent in UTF-8",
+						converted);
+	*body = dest;
+	*len = strlen(dest);
+	return NULL;
+}
+
+/*
  * Why an event can never be published, or NULL: checked at scan time, so
  * a bad row goes to the dead letters at once and never reaches NATS (a
  * subject with a blank makes nats-server drop the connection, and the
  * event would stall everything behind it).  The subject must be a valid
- * event type, the payload valid JSON and small enough for the server.
+ * event type, the payload UTF-8, valid JSON and small enough for the
+ * server.  raw is the payload as stored: one far too large is refused from
+ * its header, never read (a hand-inserted gigabyte of one repeated byte is
+ * stored in a few megabytes).  Otherwise *payload is the payload read (a
+ * copy when raw was toasted) and *body and *len are what to publish
+ * (payload_utf8), in the current memory context.
  */
 static char *
-unpublishable(const char *subject, text *payload, int64 max_body)
+unpublishable(const char *subject, Datum raw, int64 max_body,
+			  text **payload, const char **body, size_t *len)
 {
-	size_t		len = VARSIZE_ANY_EXHDR(payload);
+	size_t		stored = toast_raw_datum_size(raw) - VARHDRSZ;
 	const char *problem;
+	char	   *reason;
 
-	if (len > max_body)
+	/*
+	 * Converted to UTF-8, no server encoding's text shrinks to less than
+	 * half its bytes (EUC_TW's 4-byte characters become 3).
+	 */
+	if (stored > max_body &&
+		(GetDatabaseEncoding() == PG_UTF8 ||
+		 GetDatabaseEncoding() == PG_SQL_ASCII ||
+		 stored / 2 > max_body))
 		return psprintf("the event is %zu bytes, which exceeds the NATS server's max_payload (%lld bytes left after the headers)",
-						len, (long long) max_body);
+						stored, (long long) max_body);
 
 	problem = statehub_event_type_problem(subject);
 	if (problem != NULL)
 		return psprintf("invalid event type \"%s\": %s", subject, problem);
 
+	*payload = DatumGetTextPP(raw);
+	reason = payload_utf8(*payload, body, len);
+	if (reason != NULL)
+		return reason;
+	if (*len > max_body)
+		return psprintf("the event is %zu bytes, which exceeds the NATS server's max_payload (%lld bytes left after the headers)",
+						*len, (long long) max_body);
+
 	/* no detail: it would quote the payload, and reasons are for pg_monitor */
-	if (!statehub_json_valid(VARDATA_ANY(payload), len))
+	if (!statehub_json_valid(*body, *len))
 		return pstrdup("the payload is not valid JSON");
 	return NULL;
 }
@@ -684,7 +755,9 @@ take_row(ScanProgress *st, HeapTuple tup, TupleDesc desc, bool due)
 	int32		attempts;
 	Datum		raw;			/* the payload as stored: maybe toasted */
 	Datum		datum;
-	text	   *payload;
+	text	   *payload = NULL; /* the payload read (unpublishable) */
+	const char *body = NULL;	/* ... and to publish */
+	size_t		body_len = 0;
 	char	   *subject;
 	char	   *reason;
 	StatehubPubEvent *ev;
@@ -723,9 +796,8 @@ take_row(ScanProgress *st, HeapTuple tup, TupleDesc desc, bool due)
 		return true;
 	}
 
-	payload = DatumGetTextPP(raw);
 	subject = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
-	reason = unpublishable(subject, payload, st->max_body);
+	reason = unpublishable(subject, raw, st->max_body, &payload, &body, &body_len);
 	if (reason == NULL && id == poison_id)
 	{
 		/* the poison guard's verdict: its last loss was an attempt */
@@ -757,16 +829,19 @@ take_row(ScanProgress *st, HeapTuple tup, TupleDesc desc, bool due)
 	next->rows[next->n].attempts = attempts;
 	ev = &next->events[next->n];
 	/* cnats copies the payload, but it is read after SPI_finish */
-	ev->payload_len = VARSIZE_ANY_EXHDR(payload);
+	ev->payload_len = body_len;
 	ev->payload = MemoryContextAlloc(next->cxt, Max(ev->payload_len, 1));
-	memcpy((char *) ev->payload, VARDATA_ANY(payload), ev->payload_len);
+	memcpy((char *) ev->payload, body, ev->payload_len);
 	ev->subject = MemoryContextStrdup(next->cxt, subject);
 	statehub_format_uuid(DatumGetUUIDP(SPI_getbinval(tup, desc, 2, &isnull))->data,
 						 ev->msg_id);
 	ev->backfill = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 	next->n++;
+	/* a batch holds up to 16 MB: drop the copies as soon as they are copied */
+	if (body != VARDATA_ANY(payload))
+		pfree(unconstify(char *, body));	/* converted to UTF-8 */
 	if ((Pointer) payload != DatumGetPointer(raw))
-		pfree(payload);			/* a detoasted copy */
+		pfree(payload);			/* detoasted */
 	return true;
 }
 
@@ -911,7 +986,7 @@ report_settled(const Settled *done, int npoison, const RowUpdates *dead,
 	if (event_error[0] != '\0')
 		statehub_shmem_record_error(event_error, true);
 	else if (done->nacked > 0)
-		statehub_shmem_error_resolved(retry_due_at == DT_NOEND);
+		statehub_shmem_error_resolved(true, retry_due_at == DT_NOEND);
 
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
