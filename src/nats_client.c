@@ -105,6 +105,13 @@
 /* Longest single blocking cnats call in the worker's own thread. */
 #define WAIT_SLICE_MS 100
 
+/*
+ * Longest answer read as a JetStream ack; a real one is well under 1 kB.
+ * (Parsed by PostgreSQL's recursive JSON parser: a huge forged answer must
+ * not nest deep enough to fail the round.)
+ */
+#define ACK_MAX_LEN 4096
+
 /* Longest a write to the server may make no progress (build_options). */
 #define WRITE_DEADLINE_MS 1000
 
@@ -299,7 +306,8 @@ ack_scalar(void *state, char *token, JsonTokenType tokentype)
 	if (a->depth == 1 && strcmp(a->key, "seq") == 0 &&
 		tokentype == JSON_TOKEN_NUMBER)
 	{
-		a->stored = true;
+		/* a stream sequence is a whole number: no sign, fraction, exponent */
+		a->stored = strspn(token, "0123456789") == strlen(token);
 		a->zero_seq = strcmp(token, "0") == 0;
 	}
 	else if (a->depth == 1 && strcmp(a->key, "duplicate") == 0 &&
@@ -418,12 +426,43 @@ plain_ack(const char *data, int len)
 	return ack_token(&p, end, "}", 1) && ack_token(&p, end, "", 0) && p == end;
 }
 
+/* Replace in s what is not printable ASCII with '?'. */
+static void
+printable_ascii(char *s)
+{
+	for (; *s != '\0'; s++)
+		if (*s < 0x20 || *s >= 0x7F)
+			*s = '?';
+}
+
+/*
+ * The answer to ev is not a JetStream ack: something else answers on its
+ * subject.  The event's own fault (its subject), as when no stream listens:
+ * retried with back-off and dead-lettered at max_attempts, instead of being
+ * published again and again.  The reason quotes the answer's start, with
+ * anything but printable ASCII as '?' (printable_ascii).
+ */
+static void
+unknown_answer(StatehubPubEvent *ev, natsMsg *msg)
+{
+	char		quoted[65];
+	int			n = Min(natsMsg_GetDataLength(msg), (int) sizeof(quoted) - 1);
+
+	memcpy(quoted, natsMsg_GetData(msg), n);
+	quoted[n] = '\0';
+	printable_ascii(quoted);
+	reject(ev, NATS_ERR, -1,
+		   "the answer to the event is not a JetStream acknowledgement (\"%s%s\"): something other than a stream answers on subject \"%s\"",
+		   quoted, natsMsg_GetDataLength(msg) > n ? "..." : "", ev->subject);
+}
+
 /*
  * Record what an ack says about its event.  An error with a JetStream error
- * code: the stream refused this message.  A stored message (or a duplicate
- * of one): acked.  Anything else leaves the event without an answer, which
- * is not its fault.  ("No responders", nothing listens on the subject, is
- * seen by wait_for_acks.)
+ * code: the stream refused this message.  A message stored by our stream
+ * (or a duplicate of one) under a sequence above 0: acked.  An error
+ * without a code leaves the event without an answer, which is not its
+ * fault.  Anything else is no JetStream ack (unknown_answer).  ("No
+ * responders", nothing listens on the subject, is seen by wait_for_acks.)
  */
 static void
 record_ack(StatehubPubEvent *ev, natsMsg *msg)
@@ -432,6 +471,7 @@ record_ack(StatehubPubEvent *ev, natsMsg *msg)
 	JsonSemAction sem;
 	JsonLexContext *lex;
 	MemoryContext old;
+	bool		parsed;
 
 	if (plain_ack(natsMsg_GetData(msg), natsMsg_GetDataLength(msg)))
 	{
@@ -447,45 +487,60 @@ record_ack(StatehubPubEvent *ev, natsMsg *msg)
 	sem.array_end = ack_unnest;
 	sem.object_field_start = ack_field;
 	sem.scalar = ack_scalar;
+	if (natsMsg_GetDataLength(msg) > ACK_MAX_LEN)
+	{
+		unknown_answer(ev, msg);
+		return;
+	}
 	old = MemoryContextSwitchTo(ack_context);
 	lex = makeJsonLexContextCstringLen(unconstify(char *, natsMsg_GetData(msg)),
 									   natsMsg_GetDataLength(msg),
 									   PG_UTF8, true);
-	if (pg_parse_json(lex, &sem) == JSON_SUCCESS)
+	parsed = pg_parse_json(lex, &sem) == JSON_SUCCESS;
+	/* names and texts go into reasons: read by pg_monitor, stored as text */
+	printable_ascii(a.stream);
+	printable_ascii(a.description);
+	if (!parsed)
+		unknown_answer(ev, msg);
+	else if (a.error && a.err_code != 0)
+		reject(ev, NATS_ERR, (int) a.err_code,
+			   "JetStream rejected the event: %s (error code %d)",
+			   a.description, (int) a.err_code);
+	else if (a.error)
 	{
-		if (a.error && a.err_code != 0)
-			reject(ev, NATS_ERR, (int) a.err_code,
-				   "JetStream rejected the event: %s (error code %d)",
-				   a.description, (int) a.err_code);
-		else if (!a.error && a.stored &&
-				 strcmp(a.stream, statehub_stream_name) != 0)
-		{
-			/*
-			 * Stored, but by another stream that listens on the subject:
-			 * not delivered to ours, and so not to its consumers.  The
-			 * event's own fault (its subject), like no stream at all.
-			 */
-			reject(ev, NATS_ERR, -1,
-				   "stream \"%s\" took the event, not stream \"%s\": no stream of this worker listens on subject \"%s\"",
-				   a.stream, statehub_stream_name, ev->subject);
-		}
-		else if (!a.error && a.stored && a.duplicate && a.zero_seq)
-		{
-			/*
-			 * "A duplicate of sequence 0": a clustered stream leader of
-			 * nats-server before 2.10.25 stages a Nats-Msg-Id with sequence
-			 * 0 until the message is stored, and keeps it when a leader
-			 * change drops the message (nats-server pull request 6415).
-			 * Nothing says the event is stored: trouble of the stream,
-			 * published again in order after a back-off, never deleted on
-			 * such an answer.
-			 */
-			reject(ev, NATS_ERR, 0,
-				   "JetStream answered that the event duplicates one it has not stored (sequence 0)");
-		}
-		else if (!a.error && a.stored)
-			ev->outcome = STATEHUB_PUB_ACKED;
+		/* an error without a JetStream code: left without an answer */
 	}
+	else if (!a.stored)
+		unknown_answer(ev, msg);
+	else if (strcmp(a.stream, statehub_stream_name) != 0)
+	{
+		/*
+		 * Stored, but by another stream that listens on the subject: not
+		 * delivered to ours, and so not to its consumers.  The event's own
+		 * fault (its subject), like no stream at all.
+		 */
+		reject(ev, NATS_ERR, -1,
+			   "stream \"%s\" took the event, not stream \"%s\": no stream of this worker listens on subject \"%s\"",
+			   a.stream, statehub_stream_name, ev->subject);
+	}
+	else if (a.zero_seq)
+	{
+		/*
+		 * Sequence 0 stores nothing.  "A duplicate of sequence 0": a
+		 * clustered stream leader of nats-server before 2.10.25 stages a
+		 * Nats-Msg-Id with sequence 0 until the message is stored, and keeps
+		 * it when a leader change drops the message (nats-server pull
+		 * request 6415).  Nothing says the event is stored: trouble of the
+		 * stream, published again in order after a back-off, never deleted
+		 * on such an answer.
+		 */
+		reject(ev, NATS_ERR, 0,
+			   a.duplicate ?
+			   "JetStream answered that the event duplicates one it has not stored (sequence 0)" :
+			   "JetStream answered with sequence 0, which stores nothing");
+	}
+	else
+		ev->outcome = STATEHUB_PUB_ACKED;
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(ack_context);
 }

@@ -141,18 +141,22 @@ statehub_shmem_worker_stopped(void)
 }
 
 /*
- * The worker is connected and delivering again: the last error, if still
- * current, is past.  It stays in the status view with both times, so the
- * DBA sees what happened, and a health check can tell it is over.  An
- * event's rejection is past only when of_event_too says so (no rejected
- * event is waiting for its retry): being connected does not settle it.
+ * The worker is connected (delivered false) or delivering again (true):
+ * the last error, if still current, is past.  It stays in the status view
+ * with both times, so the DBA sees what happened, and a health check can
+ * tell it is over.  Being connected does not settle every error: a batch
+ * that got no answer is past only once one is delivered (a server that
+ * takes events and never answers looks connected after every reconnect),
+ * and an event's rejection only when of_event_too says so (no rejected
+ * event is waiting for its retry).
  */
 void
-statehub_shmem_error_resolved(bool of_event_too)
+statehub_shmem_error_resolved(bool delivered, bool of_event_too)
 {
 	SpinLockAcquire(&statehub_shared->mutex);
 	if (statehub_shared->last_error[0] != '\0' &&
 		statehub_shared->last_error_resolved_at == 0 &&
+		(delivered || !statehub_shared->last_error_of_delivery) &&
 		(of_event_too || !statehub_shared->last_error_of_event))
 		statehub_shared->last_error_resolved_at = GetCurrentTimestamp();
 	SpinLockRelease(&statehub_shared->mutex);
@@ -203,5 +207,6 @@ statehub_shmem_record_error(const char *error, bool of_event)
 	statehub_shared->last_error_at = GetCurrentTimestamp();
 	statehub_shared->last_error_resolved_at = 0;
 	statehub_shared->last_error_of_event = of_event;
+	statehub_shared->last_error_of_delivery = false;
 	SpinLockRelease(&statehub_shared->mutex);
 }

@@ -65,6 +65,7 @@ typedef struct StatehubShared
 	TimestampTz last_error_at;
 	TimestampTz last_error_resolved_at; /* 0 while last_error is current */
 	bool		last_error_of_event;	/* an event's rejection, not the worker's */
+	bool		last_error_of_delivery; /* a batch that got no answer */
 	TimestampTz last_publish_at;
 	int64		dedup_window_us;	/* the stream's duplicate window, 0 unknown */
 } StatehubShared;
@@ -78,7 +79,7 @@ extern void statehub_shmem_request_rescan(void);
 extern void statehub_shmem_worker_started(pid_t pid, Latch *latch);
 extern void statehub_shmem_worker_stopped(void);
 extern void statehub_shmem_record_error(const char *error, bool of_event);
-extern void statehub_shmem_error_resolved(bool of_event_too);
+extern void statehub_shmem_error_resolved(bool delivered, bool of_event_too);
 extern void statehub_shmem_reset_totals(void);
 extern const char *statehub_worker_state_name(StatehubWorkerStateCode state);
 

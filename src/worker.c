@@ -105,6 +105,16 @@ static int64 rate_window_events = 0;
 static char last_round_error[STATEHUB_ERROR_LEN];
 
 /*
+ * A batch that got no answer on a live connection, and whether the same
+ * failure came again with nothing delivered between: then the reconnect
+ * and back-off it causes are logged at DEBUG1, not LOG (a server that
+ * takes events and never answers would otherwise put four lines in the log
+ * every publish_timeout for as long as it lasts).
+ */
+static char last_undelivered[STATEHUB_ERROR_LEN];
+static bool undelivered_again = false;
+
+/*
  * Register the worker; called from _PG_init while preloading.
  */
 void
@@ -140,6 +150,7 @@ set_state(StatehubWorkerStateCode new_state, const char *error)
 {
 	StatehubWorkerStateCode old_state = state;
 	char		server[STATEHUB_SERVER_LEN];
+	bool		quiet;
 
 	if (new_state == STATEHUB_WORKER_CONNECTED)
 		statehub_nats_server(server, sizeof(server));
@@ -156,10 +167,13 @@ set_state(StatehubWorkerStateCode new_state, const char *error)
 		statehub_shared->last_error_at = GetCurrentTimestamp();
 		statehub_shared->last_error_resolved_at = 0;
 		statehub_shared->last_error_of_event = false;
+		statehub_shared->last_error_of_delivery = false;
 	}
 	SpinLockRelease(&statehub_shared->mutex);
 	if (new_state == STATEHUB_WORKER_CONNECTED)
-		statehub_shmem_error_resolved(false);
+		statehub_shmem_error_resolved(false, false);
+	quiet = undelivered_again &&
+		(error == NULL || strcmp(error, last_undelivered) == 0);
 
 	state = new_state;
 	if (old_state == new_state)
@@ -168,12 +182,12 @@ set_state(StatehubWorkerStateCode new_state, const char *error)
 	switch (new_state)
 	{
 		case STATEHUB_WORKER_CONNECTED:
-			ereport(LOG,
+			ereport(quiet ? DEBUG1 : LOG,
 					(errmsg("statehub_events worker connected to NATS server \"%s\"",
 							server)));
 			break;
 		case STATEHUB_WORKER_BACKOFF:
-			ereport(LOG,
+			ereport(quiet ? DEBUG1 : LOG,
 					(errcode(ERRCODE_CONNECTION_FAILURE),
 					 errmsg("statehub_events worker could not deliver events to NATS, retrying"),
 					 error ? errdetail_internal("%s", error) : 0,
@@ -508,12 +522,14 @@ worker_round(void)
 		 * again in order (their batch is settled without them).  Trouble of
 		 * the stream itself (no leader yet) is not the server's.
 		 */
+		undelivered_again = strcmp(error, last_undelivered) == 0;
+		strlcpy(last_undelivered, error, sizeof(last_undelivered));
 		if (!stream_trouble && statehub_nats_connected())
 		{
 			char		server[STATEHUB_SERVER_LEN];
 
 			statehub_nats_server(server, sizeof(server));
-			ereport(LOG,
+			ereport(undelivered_again ? DEBUG1 : LOG,
 					(errmsg("statehub_events worker drops its connection to NATS server \"%s\", which did not answer",
 							server),
 					 errdetail_internal("%s", error)));
@@ -523,6 +539,10 @@ worker_round(void)
 			statehub_pipeline_shrink_batches();
 		}
 		back_off(error);
+		/* settled by a delivery, not by a reconnect */
+		SpinLockAcquire(&statehub_shared->mutex);
+		statehub_shared->last_error_of_delivery = true;
+		SpinLockRelease(&statehub_shared->mutex);
 		return statehub_ms_until(next_attempt_at);
 	}
 	/*
@@ -533,6 +553,9 @@ worker_round(void)
 	 */
 	if (progress)
 	{
+		statehub_shmem_error_resolved(true, false);
+		undelivered_again = false;
+		last_undelivered[0] = '\0';
 		statehub_pipeline_grow_batches();
 		backoff_ms = 0;
 		if (state == STATEHUB_WORKER_BACKOFF)

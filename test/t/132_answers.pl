@@ -1,0 +1,190 @@
+
+# Copyright: statehub_events contributors
+#
+# Answers that are not JetStream acks, and a stream that never answers
+# (hostile review, issue 13).
+#
+# 1. Something other than a stream answers on an event's subject (a
+#    service subscribed to it, or anyone who can publish to the worker's
+#    reply subjects).  Before: an answer that did not parse left the event
+#    unanswered, published again about once a second for good, with no
+#    reason anywhere; {"stream": ..., "seq": 0} and "seq": -1 or 1e3 were
+#    taken for acks and the event deleted, stored nowhere.  Now an answer
+#    that is no JetStream ack is a rejection (retried, then a dead letter
+#    with a reason that quotes it), and sequence 0 is trouble of the stream:
+#    the event is never deleted on it.
+# 2. A stream edited to no_ack: every batch times out, the worker drops the
+#    connection and connects again.  Before: the status view said the error
+#    was resolved after each reconnect, and the log got four lines every
+#    publish_timeout.  Now the error stays current until events are
+#    delivered again, and the repeated drop is logged once.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::RealBin;
+
+use IO::Socket::INET;
+use POSIX ();
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use StatehubTest;
+use Test::More;
+use Time::HiRes qw(usleep time);
+
+my $nats = StatehubTest::Nats->new('answers');
+$nats->start;
+my $node = StatehubTest::new_node(
+	'answers',
+	nats_url => $nats->url,
+	conf => "statehub_events.max_attempts = 2\n");
+
+# A process that answers every message on $subject with $answer.
+sub start_responder
+{
+	my ($subject, $answer) = @_;
+	my $ready = "$PostgreSQL::Test::Utils::tmp_check/responder.ready";
+	unlink $ready;
+	my $pid = fork();
+	die "fork: $!" unless defined $pid;
+	if ($pid == 0)
+	{
+		my $sock = IO::Socket::INET->new(
+			PeerAddr => '127.0.0.1',
+			PeerPort => $nats->port,
+			Proto    => 'tcp') or POSIX::_exit(1);
+		binmode $sock;
+		$sock->autoflush(1);
+		<$sock>;    # INFO
+		print $sock qq{CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n}
+		  . "SUB $subject 1\r\nPING\r\n";
+		while (my $line = <$sock>)
+		{
+			if ($line =~ /^PONG/)
+			{
+				my $fh;
+				open($fh, '>', $ready) and close($fh);
+			}
+			elsif ($line =~ /^PING/)
+			{
+				print $sock "PONG\r\n";
+			}
+			elsif ($line =~ /^H?MSG \S+ 1 (\S+) (?:\d+ )?(\d+)\r\n$/)
+			{
+				my ($reply, $total) = ($1, $2);
+				my $skip = '';
+				read($sock, $skip, $total + 2);
+				print $sock "PUB $reply " . length($answer) . "\r\n$answer\r\n";
+			}
+		}
+		POSIX::_exit(0);
+	}
+	my $deadline = time() + $PostgreSQL::Test::Utils::timeout_default;
+	usleep(20_000) while !-e $ready && time() < $deadline;
+	die "the responder did not start\n" unless -e $ready;
+	return $pid;
+}
+
+sub stop_responder
+{
+	my ($pid) = @_;
+	kill 'KILL', $pid;
+	waitpid($pid, 0);
+	return;
+}
+
+# Queue an event of $type by hand (emit() takes only the stream's subjects).
+sub emit
+{
+	my ($type) = @_;
+	my $id = $node->safe_psql('postgres', qq{
+INSERT INTO statehub_events.outbox (event_id, subject, payload)
+VALUES (gen_random_uuid(), '$type', '{"k": 1}') RETURNING event_id});
+	$node->safe_psql('postgres', 'SELECT statehub_events.wake_worker()');
+	return $id;
+}
+
+# 1. answers that are no JetStream ack
+my %answers = (
+	'spoof.garbage' => 'this is not JSON',
+	'spoof.negative' => '{"stream": "STATEHUB", "seq": -1}',
+	'spoof.exponent' => '{"stream": "STATEHUB", "seq": 1e3}',
+	'spoof.noseq' => '{"stream": "STATEHUB"}');
+foreach my $subject (sort keys %answers)
+{
+	my $responder = start_responder($subject, $answers{$subject});
+	my $id = emit($subject);
+	ok( $node->poll_query_until(
+			'postgres',
+			"SELECT count(*) = 1 FROM statehub_events.dead_letter WHERE event_id = '$id'"),
+		"$subject: a dead letter after max_attempts");
+	my $reason = $node->safe_psql('postgres',
+		"SELECT attempts || ' | ' || reason FROM statehub_events.dead_letter WHERE event_id = '$id'");
+	like(
+		$reason,
+		qr/^2 \| the answer to the event is not a JetStream acknowledgement \("\Q$answers{$subject}\E"\)/,
+		"$subject: the reason quotes the answer");
+	stop_responder($responder);
+}
+
+# sequence 0: never deleted on it, and it waits in order
+my $responder = start_responder('spoof.zero', '{"stream": "STATEHUB", "seq": 0}');
+my $zero = emit('spoof.zero');
+ok( $node->poll_query_until(
+		'postgres',
+		q{SELECT last_error LIKE '%sequence 0%' FROM statehub_events.status}),
+	'seq 0: the status says why');
+my $t0 = time();
+usleep(100_000) while time() - $t0 < 3;    # three seconds of answers of sequence 0
+is( $node->safe_psql(
+		'postgres',
+		"SELECT attempts FROM statehub_events.outbox WHERE event_id = '$zero'"),
+	'0',
+	'seq 0: still queued, no attempt burnt, after 3 s of such answers');
+stop_responder($responder);
+# no responder now, and no stream takes spoof.zero: rejected, then dead
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) = 1 FROM statehub_events.dead_letter WHERE event_id = '$zero'"),
+	'seq 0: a dead letter once nothing answers any more');
+is($nats->stream_info('STATEHUB')->{messages}, 0, 'the stream holds none of them');
+
+# 2. a stream that never answers
+$node->safe_psql('postgres', 'TRUNCATE statehub_events.dead_letter');
+StatehubTest::set_gucs($node, publish_timeout => '1s');
+my $config = $nats->js_api('$JS.API.STREAM.INFO.STATEHUB', {})->{config};
+$config->{no_ack} = JSON::PP::true;
+$nats->js_api('$JS.API.STREAM.UPDATE.STATEHUB', $config);
+my $log_from = -s $node->logfile;
+my @ids = map { emit('org.statehub.test.noack') } 1 .. 3;
+my %error_times;
+my $wrong = 0;
+my $deadline = time() + $PostgreSQL::Test::Utils::timeout_default;
+while (keys %error_times < 4 && time() < $deadline)
+{
+	my ($queued, $error_at, $resolved) = split /\|/, $node->safe_psql('postgres',
+		q{SELECT queued, last_error_at, coalesce(last_error_resolved_at::text, '')
+		    FROM statehub_events.status});
+	$error_times{$error_at} = 1 if $error_at ne '';
+	$wrong++ if $queued > 0 && $error_at ne '' && $resolved ne '';
+	usleep(50_000);
+}
+cmp_ok(scalar keys %error_times, '>=', 4, 'no_ack: the batch timed out again and again');
+is($wrong, 0, 'no_ack: the error never looked resolved while events waited');
+my $log = substr(slurp_file($node->logfile), $log_from);
+my $drops = () = $log =~ /drops its connection to NATS server/g;
+is($drops, 1, 'no_ack: the dropped connection is logged once');
+
+$config->{no_ack} = JSON::PP::false;
+$nats->js_api('$JS.API.STREAM.UPDATE.STATEHUB', $config);
+ok(StatehubTest::wait_for_drain($node), 'no_ack off: the events drain');
+ok( $node->poll_query_until(
+		'postgres',
+		q{SELECT last_error_resolved_at IS NOT NULL FROM statehub_events.status}),
+	'no_ack off: and the error is resolved');
+StatehubTest::stream_holds_exactly($nats, 'STATEHUB', \@ids, 'no_ack');
+
+$node->stop;
+$nats->stop;
+done_testing();
