@@ -51,7 +51,7 @@ char	   *statehub_stream_subjects = NULL;
 bool		statehub_stream_create = true;
 int			statehub_stream_replicas = 1;
 int			statehub_dedup_window = 86400;
-int			statehub_batch_size = 1000;
+int			statehub_batch_size = 4000;
 int			statehub_publish_timeout = 5000;
 int			statehub_max_attempts = 10;
 int			statehub_retry_backoff_base = 1000;
@@ -296,7 +296,7 @@ define_delivery_gucs(void)
 							"Sets the number of events published per batch.",
 							NULL,
 							&statehub_batch_size,
-							1000, 1, 100000,
+							4000, 1, 100000,
 							PGC_SIGHUP,
 							0,
 							NULL, NULL, NULL);
