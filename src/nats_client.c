@@ -66,6 +66,7 @@
 #include <nats/nats.h>
 
 #include "common/hashfn.h"
+#include "utils/builtins.h"
 #include "common/jsonapi.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
@@ -121,16 +122,20 @@ static jsCtx *js = NULL;
 
 /*
  * The batch in flight, and the subscription its acks come in on.  Event i
- * of batch number batch_seq is published with the reply subject
- * "<ack_prefix>.<batch_seq>.<i>" (ack_prefix is an inbox of the
+ * of the batch is published with the reply subject
+ * "<ack_prefix>.<batch_token>.<i>" (ack_prefix is an inbox of the
  * connection), so an ack names its event exactly, and an ack of an earlier
- * batch (one given up, or a re-publish) is told apart and dropped.  Only
- * the worker's thread touches any of it: the acks are read with
+ * batch (one given up, or a re-publish) is told apart and dropped.  The
+ * token is random, new for every batch: a reply subject seen once tells
+ * nobody those of later batches, so nothing answered ahead of a publish
+ * (by anyone who may publish to _INBOX.>) is taken for its ack.  Only the
+ * worker's thread touches any of it: the acks are read with
  * natsSubscription_NextMsg, not handed to a cnats delivery thread.
  */
+#define BATCH_TOKEN_BYTES 8
 static natsSubscription *ack_sub = NULL;
 static char ack_prefix[128];
-static uint32 batch_seq = 0;
+static char batch_token[BATCH_TOKEN_BYTES * 2 + 1];
 static StatehubPubEvent *batch_events = NULL;
 static int	batch_nevents = 0;
 static int	batch_unanswered = 0;
@@ -258,6 +263,8 @@ typedef struct AckParse
 	bool		stored;			/* a top-level "seq" */
 	bool		zero_seq;		/* ... that is 0 */
 	bool		duplicate;		/* a top-level "duplicate": true */
+	bool		odd;			/* "seq" twice or not whole, "duplicate" not
+								 * a boolean: no ack */
 	char		stream[NAMEDATALEN + 1];	/* the top-level "stream" */
 	bool		error;			/* a top-level "error" */
 	int64		err_code;
@@ -306,13 +313,20 @@ ack_scalar(void *state, char *token, JsonTokenType tokentype)
 	if (a->depth == 1 && strcmp(a->key, "seq") == 0 &&
 		tokentype == JSON_TOKEN_NUMBER)
 	{
-		/* a stream sequence is a whole number: no sign, fraction, exponent */
-		a->stored = strspn(token, "0123456789") == strlen(token);
+		/*
+		 * A stream sequence is a whole number of 64 bits: no sign, fraction
+		 * or exponent.  Given twice, the answer is no ack (which counts?).
+		 */
+		a->odd |= a->stored || strspn(token, "0123456789") != strlen(token) ||
+			strlen(token) > 19;
+		a->stored = true;
 		a->zero_seq = strcmp(token, "0") == 0;
 	}
-	else if (a->depth == 1 && strcmp(a->key, "duplicate") == 0 &&
-			 tokentype == JSON_TOKEN_TRUE)
-		a->duplicate = true;
+	else if (a->depth == 1 && strcmp(a->key, "duplicate") == 0)
+	{
+		a->odd |= tokentype != JSON_TOKEN_TRUE && tokentype != JSON_TOKEN_FALSE;
+		a->duplicate = tokentype == JSON_TOKEN_TRUE;
+	}
 	else if (a->depth == 1 && strcmp(a->key, "stream") == 0 &&
 			 tokentype == JSON_TOKEN_STRING)
 		strlcpy(a->stream, token, sizeof(a->stream));
@@ -397,6 +411,7 @@ plain_ack(const char *data, int len)
 {
 	const char *p = data;
 	const char *end = data + len;
+	const char *digits;
 	size_t		slen;
 
 	if (!ack_token(&p, end, "{", 1) ||
@@ -416,8 +431,11 @@ plain_ack(const char *data, int len)
 		!ack_token(&p, end, "", 0) ||
 		p == end || *p < '1' || *p > '9')
 		return false;
+	digits = p;
 	while (p < end && *p >= '0' && *p <= '9')
 		p++;
+	if (p - digits > 19)
+		return false;			/* maybe past 64 bits: the parser's case */
 	if (ack_token(&p, end, ",", 1) &&
 		!(ack_token(&p, end, "\"duplicate\"", 11) &&
 		  ack_token(&p, end, ":", 1) &&
@@ -440,17 +458,19 @@ printable_ascii(char *s)
  * subject.  The event's own fault (its subject), as when no stream listens:
  * retried with back-off and dead-lettered at max_attempts, instead of being
  * published again and again.  The reason quotes the answer's start, with
- * anything but printable ASCII as '?' (printable_ascii).
+ * anything but printable ASCII as '?'.
  */
 static void
 unknown_answer(StatehubPubEvent *ev, natsMsg *msg)
 {
 	char		quoted[65];
+	const char *data = natsMsg_GetData(msg);
 	int			n = Min(natsMsg_GetDataLength(msg), (int) sizeof(quoted) - 1);
 
-	memcpy(quoted, natsMsg_GetData(msg), n);
+	/* NUL bytes too become '?': the quote shows every byte it covers */
+	for (int j = 0; j < n; j++)
+		quoted[j] = (data[j] >= 0x20 && data[j] < 0x7F) ? data[j] : '?';
 	quoted[n] = '\0';
-	printable_ascii(quoted);
 	reject(ev, NATS_ERR, -1,
 		   "the answer to the event is not a JetStream acknowledgement (\"%s%s\"): something other than a stream answers on subject \"%s\"",
 		   quoted, natsMsg_GetDataLength(msg) > n ? "..." : "", ev->subject);
@@ -510,7 +530,7 @@ record_ack(StatehubPubEvent *ev, natsMsg *msg)
 	{
 		/* an error without a JetStream code: left without an answer */
 	}
-	else if (!a.stored)
+	else if (!a.stored || a.odd)
 		unknown_answer(ev, msg);
 	else if (strcmp(a.stream, statehub_stream_name) != 0)
 	{
@@ -554,17 +574,19 @@ take_ack(natsMsg *msg)
 {
 	const char *subject = natsMsg_GetSubject(msg);
 	size_t		plen = strlen(ack_prefix);
+	size_t		tlen = strlen(batch_token);
 	char	   *end;
-	unsigned long seq;
 	long		i;
 
 	if (batch_events != NULL && strncmp(subject, ack_prefix, plen) == 0 &&
 		subject[plen] == '.')
 	{
-		seq = strtoul(subject + plen + 1, &end, 10);
-		if (*end == '.' && seq == batch_seq)
+		const char *token = subject + plen + 1;
+
+		if (strncmp(token, batch_token, tlen) == 0 && token[tlen] == '.' &&
+			token[tlen + 1] >= '0' && token[tlen + 1] <= '9')
 		{
-			i = strtol(end + 1, &end, 10);
+			i = strtol(token + tlen + 1, &end, 10);
 			if (*end == '\0' && i >= 0 && i < batch_nevents &&
 				!batch_events[i].answered)
 			{
@@ -1358,11 +1380,18 @@ statehub_nats_server(char *buf, size_t buflen)
 	statehub_nats_mask_url(url, buf, buflen);
 }
 
-/* Publish the batch's lookup table, sized for nevents, under the mutex. */
+/* Start a batch: a fresh reply token, every event without an answer. */
 static void
 batch_begin(StatehubPubEvent *events, int nevents)
 {
-	batch_seq++;
+	uint8		random[BATCH_TOKEN_BYTES];
+
+	if (!pg_strong_random(random, sizeof(random)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate a random reply token for a batch")));
+	hex_encode((const char *) random, sizeof(random), batch_token);
+	batch_token[sizeof(batch_token) - 1] = '\0';
 	batch_events = events;
 	batch_nevents = nevents;
 	batch_unanswered = nevents;
@@ -1516,9 +1545,9 @@ statehub_nats_publish_async(StatehubPubEvent *events, int nevents,
 	{
 		StatehubPubEvent *ev = &events[i];
 		natsMsg    *msg = NULL;
-		char		reply[sizeof(ack_prefix) + 24];
+		char		reply[sizeof(ack_prefix) + sizeof(batch_token) + 16];
 
-		snprintf(reply, sizeof(reply), "%s.%u.%d", ack_prefix, batch_seq, i);
+		snprintf(reply, sizeof(reply), "%s.%s.%d", ack_prefix, batch_token, i);
 		s = natsMsg_Create(&msg, ev->subject, reply, ev->payload, ev->payload_len);
 		if (s == NATS_INVALID_SUBJECT || s == NATS_INVALID_ARG)
 		{

@@ -18,6 +18,13 @@
 #    was resolved after each reconnect, and the log got four lines every
 #    publish_timeout.  Now the error stays current until events are
 #    delivered again, and the repeated drop is logged once.
+# 3. Acks planted ahead of a publish (second hostile review): the reply
+#    subjects named the batch by a counter, so anyone who saw one could
+#    answer those of the next batches before they were published, and the
+#    worker took the planted answers for acks: events the stream refused
+#    were deleted, lost.  Reply subjects now carry a random token per batch.
+#    Also: a "seq" past 64 bits or given twice, and a "duplicate" that is
+#    not a boolean, are no acks.
 
 use strict;
 use warnings;
@@ -64,7 +71,7 @@ sub start_responder
 			if ($line =~ /^PONG/)
 			{
 				my $fh;
-				open($fh, '>', $ready) and close($fh);
+				open($fh, '>>', $ready) and print $fh "pong\n" and close($fh);
 			}
 			elsif ($line =~ /^PING/)
 			{
@@ -75,7 +82,13 @@ sub start_responder
 				my ($reply, $total) = ($1, $2);
 				my $skip = '';
 				read($sock, $skip, $total + 2);
-				print $sock "PUB $reply " . length($answer) . "\r\n$answer\r\n";
+				my @out = ref $answer ? $answer->($reply) : ([ $reply, $answer ]);
+				print $sock "PUB $_->[0] " . length($_->[1]) . "\r\n$_->[1]\r\n" foreach @out;
+				if (ref $answer)
+				{
+					print $sock "PING\r\n";    # its PONG: all of it went out
+					$answer = sub { () };        # once
+				}
 			}
 		}
 		POSIX::_exit(0);
@@ -107,6 +120,9 @@ VALUES (gen_random_uuid(), '$type', '{"k": 1}') RETURNING event_id});
 
 # 1. answers that are no JetStream ack
 my %answers = (
+	'spoof.bigseq' => '{"stream": "STATEHUB", "seq": 99999999999999999999999}',
+	'spoof.dupyes' => '{"stream": "STATEHUB", "seq": 5, "duplicate": "yes"}',
+	'spoof.twoseq' => '{"stream": "STATEHUB", "seq": 0, "seq": 5}',
 	'spoof.garbage' => 'this is not JSON',
 	'spoof.negative' => '{"stream": "STATEHUB", "seq": -1}',
 	'spoof.exponent' => '{"stream": "STATEHUB", "seq": 1e3}',
@@ -131,11 +147,12 @@ foreach my $subject (sort keys %answers)
 # sequence 0: never deleted on it, and it waits in order
 my $responder = start_responder('spoof.zero', '{"stream": "STATEHUB", "seq": 0}');
 my $zero = emit('spoof.zero');
+my $t0;
 ok( $node->poll_query_until(
 		'postgres',
 		q{SELECT last_error LIKE '%sequence 0%' FROM statehub_events.status}),
 	'seq 0: the status says why');
-my $t0 = time();
+$t0 = time();
 usleep(100_000) while time() - $t0 < 3;    # three seconds of answers of sequence 0
 is( $node->safe_psql(
 		'postgres',
@@ -150,8 +167,68 @@ ok( $node->poll_query_until(
 	'seq 0: a dead letter once nothing answers any more');
 is($nats->stream_info('STATEHUB')->{messages}, 0, 'the stream holds none of them');
 
+# 3. acks planted ahead of a publish.  A subscriber of an event's subject
+# sees its reply subject (JetStream answers it) and answers, before the
+# worker publishes them, the subjects it guesses the next batches will
+# use: with a batch number in the subject, the next numbers.  Then the
+# stream is full (max_msgs 1, discard new), so every real answer is an
+# error and nothing may be deleted.
+$nats->js_api('$JS.API.STREAM.PURGE.STATEHUB', {});
+my $planted_ack = '{"stream": "STATEHUB", "seq": 7}';
+my $planter = start_responder(
+	'org.statehub.test.fill',
+	sub {
+		my ($reply) = @_;
+		my ($prefix, $batch) = $reply =~ /^(.*)\.([^.]+)\.\d+$/ or return ();
+		my @batches = $batch =~ /^\d+$/ ? map { $batch + $_ } 1 .. 10 : ($batch);
+		return map {
+			my $b = $_;
+			map { [ "$prefix.$b.$_", $planted_ack ] } 0 .. 9
+		} @batches;
+	});
+my $ready = "$PostgreSQL::Test::Utils::tmp_check/responder.ready";
+my $fill = $node->safe_psql('postgres',
+	q{SELECT statehub_events.emit('org.statehub.test.fill')});
+my $until = time() + $PostgreSQL::Test::Utils::timeout_default;
+usleep(20_000) while (() = slurp_file($ready) =~ /pong/g) < 2 && time() < $until;
+cmp_ok((() = slurp_file($ready) =~ /pong/g), '>=', 2, 'planted: the acks are planted');
+ok(StatehubTest::wait_for_drain($node), 'planted: the fill event drains');
+$nats->wait_for_stream_count('STATEHUB', 1);
+my $info = $nats->js_api('$JS.API.STREAM.INFO.STATEHUB', {})->{config};
+$info->{max_msgs} = 1;
+$info->{discard} = 'new';
+$nats->js_api('$JS.API.STREAM.UPDATE.STATEHUB', $info);
+my @full = map {
+	$node->safe_psql('postgres',
+		"SELECT statehub_events.emit('org.statehub.test.full', '{\"n\": $_}')")
+} 1 .. 5;
+ok( $node->poll_query_until(
+		'postgres', q{SELECT last_error ~* 'maximum messages' FROM statehub_events.status}),
+	'planted: the stream refuses the events (full)');
+$t0 = time();
+usleep(100_000) while time() - $t0 < 3;
+my $full_list = join(',', map { "'$_'" } @full);
+is( $node->safe_psql(
+		'postgres',
+		"SELECT count(*) FROM statehub_events.outbox WHERE event_id IN ($full_list)"),
+	'5',
+	'planted: no event deleted on a planted ack');
+stop_responder($planter);
+$info->{max_msgs} = -1;
+$info->{discard} = 'old';
+$nats->js_api('$JS.API.STREAM.UPDATE.STATEHUB', $info);
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) = 0 FROM statehub_events.outbox WHERE event_id IN ($full_list)"),
+	'planted: the events drain once the stream takes them');
+my $planted_msgs = StatehubTest::stream_holds_exactly($nats, 'STATEHUB', [ $fill, @full ], 'planted');
+StatehubTest::stream_order_is($planted_msgs, [ $fill, @full ], 'planted');
+ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM statehub_events.outbox'),
+	'planted: the outbox drains');
+
 # 2. a stream that never answers
 $node->safe_psql('postgres', 'TRUNCATE statehub_events.dead_letter');
+$nats->js_api('$JS.API.STREAM.PURGE.STATEHUB', {});
 StatehubTest::set_gucs($node, publish_timeout => '1s');
 my $config = $nats->js_api('$JS.API.STREAM.INFO.STATEHUB', {})->{config};
 $config->{no_ack} = JSON::PP::true;
@@ -163,11 +240,16 @@ my $wrong = 0;
 my $deadline = time() + $PostgreSQL::Test::Utils::timeout_default;
 while (keys %error_times < 4 && time() < $deadline)
 {
+	# the errors of this part: the acks timed out (earlier parts' are past)
 	my ($queued, $error_at, $resolved) = split /\|/, $node->safe_psql('postgres',
-		q{SELECT queued, last_error_at, coalesce(last_error_resolved_at::text, '')
+		q{SELECT queued, CASE WHEN last_error ~ 'timed out' THEN last_error_at END,
+		         coalesce(last_error_resolved_at::text, '')
 		    FROM statehub_events.status});
-	$error_times{$error_at} = 1 if $error_at ne '';
-	$wrong++ if $queued > 0 && $error_at ne '' && $resolved ne '';
+	if (defined $error_at && $error_at ne '')
+	{
+		$error_times{$error_at} = 1;
+		$wrong++ if $queued > 0 && $resolved ne '';
+	}
 	usleep(50_000);
 }
 cmp_ok(scalar keys %error_times, '>=', 4, 'no_ack: the batch timed out again and again');
