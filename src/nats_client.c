@@ -1106,6 +1106,46 @@ close_ack_sub(void)
 }
 
 /*
+ * Replace the acks' subscription while the connection stays open (an
+ * unfinished batch, finish_batch).  The old one is only unsubscribed here
+ * and destroyed later (retire_sub, destroy_retired): cnats' reader thread
+ * may be delivering a late ack to it at this very moment, and destroying
+ * it under that thread crashed the worker (a segmentation fault in
+ * natsConn_processMsg, 1 run in 6 of 169 with a publish_timeout of 10 ms).
+ */
+#define RETIRED_MAX 16
+static natsSubscription *retired[RETIRED_MAX];
+static int	nretired = 0;
+
+/* Destroy the retired subscriptions: only once no reader thread runs. */
+static void
+destroy_retired(int keep)
+{
+	while (nretired > keep)
+	{
+		natsSubscription_Destroy(retired[0]);
+		memmove(&retired[0], &retired[1], sizeof(retired[0]) * (nretired - 1));
+		nretired--;
+	}
+}
+
+static void
+renew_ack_sub(void)
+{
+	destroy_spent();
+	if (ack_sub != NULL)
+	{
+		(void) natsSubscription_Unsubscribe(ack_sub);
+		/* the oldest, unsubscribed RETIRED_MAX renewals ago, is long idle */
+		destroy_retired(RETIRED_MAX - 1);
+		retired[nretired++] = ack_sub;
+		ack_sub = NULL;
+	}
+	if (open_ack_sub() != NATS_OK)
+		close_ack_sub();		/* statehub_nats_connected() says false now */
+}
+
+/*
  * Connect to the configured servers and open the JetStream context.  On
  * failure errbuf says why (secrets scrubbed) and nothing stays open.
  */
@@ -1344,7 +1384,11 @@ statehub_nats_close(void)
 	if (helper.started && proc_exit_inprogress)
 		return;
 	reap_helper();
+	/* no reader thread from here on: the subscriptions can go */
+	if (conn != NULL)
+		natsConnection_Close(conn);
 	close_ack_sub();
+	destroy_retired(0);
 	if (js != NULL)
 	{
 		jsCtx_Destroy(js);
@@ -1419,11 +1463,7 @@ finish_batch(StatehubPubEvent *events)
 {
 	destroy_spent();
 	if (events == batch_events && batch_unanswered > 0 && ack_sub != NULL)
-	{
-		close_ack_sub();
-		if (open_ack_sub() != NATS_OK)
-			close_ack_sub();	/* statehub_nats_connected() says false now */
-	}
+		renew_ack_sub();
 	batch_end();
 }
 
