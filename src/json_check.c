@@ -42,14 +42,6 @@ typedef enum JsonExpect
 								 * the end */
 } JsonExpect;
 
-static inline const char *
-skip_space(const char *p, const char *end)
-{
-	while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
-		p++;
-	return p;
-}
-
 static inline bool
 is_digit(char c)
 {
@@ -203,7 +195,7 @@ statehub_json_valid(const char *s, size_t len)
 	const char *p = s;
 	const char *end = s + len;
 	char		local[LOCAL_DEPTH];
-	char	   *stack = local;	/* the open brackets: '{' or '[' */
+	char	   *stack = local;	/* what closes each open one: '}' or ']' */
 	size_t		size = LOCAL_DEPTH;
 	size_t		depth = 0;
 	JsonExpect	expect = EXPECT_VALUE;
@@ -211,11 +203,9 @@ statehub_json_valid(const char *s, size_t len)
 
 	for (;;)
 	{
-		p = skip_space(p, end);
+		p = statehub_json_skip_space(p, end);
 		if (expect == EXPECT_MORE)
 		{
-			char		close;
-
 			if (depth == 0)
 			{
 				valid = (p == end);
@@ -223,8 +213,7 @@ statehub_json_valid(const char *s, size_t len)
 			}
 			if (p == end)
 				break;
-			close = stack[depth - 1] == '{' ? '}' : ']';
-			if (*p == close)
+			if (*p == stack[depth - 1])
 			{
 				depth--;
 				p++;
@@ -233,7 +222,7 @@ statehub_json_valid(const char *s, size_t len)
 			if (*p != ',')
 				break;
 			p++;
-			expect = stack[depth - 1] == '{' ? EXPECT_KEY : EXPECT_VALUE;
+			expect = stack[depth - 1] == '}' ? EXPECT_KEY : EXPECT_VALUE;
 			continue;
 		}
 		if (p == end)
@@ -242,7 +231,7 @@ statehub_json_valid(const char *s, size_t len)
 		{
 			if (*p != '"' || (p = scan_string(p, end)) == NULL)
 				break;
-			p = skip_space(p, end);
+			p = statehub_json_skip_space(p, end);
 			if (p == end || *p != ':')
 				break;
 			p++;
@@ -266,9 +255,9 @@ statehub_json_valid(const char *s, size_t len)
 						stack = repalloc(stack, size * 2);
 					size *= 2;
 				}
-				stack[depth++] = *p;
-				p = skip_space(p + 1, end);
-				if (p < end && *p == (stack[depth - 1] == '{' ? '}' : ']'))
+				stack[depth++] = *p == '{' ? '}' : ']';
+				p = statehub_json_skip_space(p + 1, end);
+				if (p < end && *p == stack[depth - 1])
 				{
 					/* empty */
 					depth--;
@@ -276,7 +265,7 @@ statehub_json_valid(const char *s, size_t len)
 					expect = EXPECT_MORE;
 				}
 				else
-					expect = stack[depth - 1] == '{' ? EXPECT_KEY : EXPECT_VALUE;
+					expect = stack[depth - 1] == '}' ? EXPECT_KEY : EXPECT_VALUE;
 				continue;
 			case '"':
 				p = scan_string(p, end);

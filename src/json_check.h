@@ -10,4 +10,13 @@
 
 extern bool statehub_json_valid(const char *s, size_t len);
 
+/* p past JSON whitespace, at most to end */
+static inline const char *
+statehub_json_skip_space(const char *p, const char *end)
+{
+	while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+		p++;
+	return p;
+}
+
 #endif							/* STATEHUB_JSON_CHECK_H */

@@ -66,7 +66,6 @@
 #include <nats/nats.h>
 
 #include "common/hashfn.h"
-#include "utils/builtins.h"
 #include "common/jsonapi.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
@@ -77,11 +76,13 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/pmsignal.h"
+#include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
 #include "catalog_checks.h"
+#include "json_check.h"
 #include "nats_client.h"
 #include "statehub_events.h"
 
@@ -390,8 +391,7 @@ discard_msg(natsMsg *msg)
 static bool
 ack_token(const char **p, const char *end, const char *lit, size_t len)
 {
-	while (*p < end && (**p == ' ' || **p == '\t' || **p == '\n' || **p == '\r'))
-		(*p)++;
+	*p = statehub_json_skip_space(*p, end);
 	if ((size_t) (end - *p) < len || memcmp(*p, lit, len) != 0)
 		return false;
 	*p += len;
@@ -444,13 +444,13 @@ plain_ack(const char *data, int len)
 	return ack_token(&p, end, "}", 1) && ack_token(&p, end, "", 0) && p == end;
 }
 
-/* Replace in s what is not printable ASCII with '?'. */
+/* Replace in the n bytes at s what is not printable ASCII with '?'. */
 static void
-printable_ascii(char *s)
+printable_ascii(char *s, size_t n)
 {
-	for (; *s != '\0'; s++)
-		if (*s < 0x20 || *s >= 0x7F)
-			*s = '?';
+	for (size_t i = 0; i < n; i++)
+		if (s[i] < 0x20 || s[i] >= 0x7F)
+			s[i] = '?';
 }
 
 /*
@@ -464,12 +464,11 @@ static void
 unknown_answer(StatehubPubEvent *ev, natsMsg *msg)
 {
 	char		quoted[65];
-	const char *data = natsMsg_GetData(msg);
 	int			n = Min(natsMsg_GetDataLength(msg), (int) sizeof(quoted) - 1);
 
 	/* NUL bytes too become '?': the quote shows every byte it covers */
-	for (int j = 0; j < n; j++)
-		quoted[j] = (data[j] >= 0x20 && data[j] < 0x7F) ? data[j] : '?';
+	memcpy(quoted, natsMsg_GetData(msg), n);
+	printable_ascii(quoted, n);
 	quoted[n] = '\0';
 	reject(ev, NATS_ERR, -1,
 		   "the answer to the event is not a JetStream acknowledgement (\"%s%s\"): something other than a stream answers on subject \"%s\"",
@@ -498,6 +497,11 @@ record_ack(StatehubPubEvent *ev, natsMsg *msg)
 		ev->outcome = STATEHUB_PUB_ACKED;
 		return;
 	}
+	if (natsMsg_GetDataLength(msg) > ACK_MAX_LEN)
+	{
+		unknown_answer(ev, msg);
+		return;
+	}
 	memset(&a, 0, sizeof(a));
 	memset(&sem, 0, sizeof(sem));
 	sem.semstate = &a;
@@ -507,19 +511,14 @@ record_ack(StatehubPubEvent *ev, natsMsg *msg)
 	sem.array_end = ack_unnest;
 	sem.object_field_start = ack_field;
 	sem.scalar = ack_scalar;
-	if (natsMsg_GetDataLength(msg) > ACK_MAX_LEN)
-	{
-		unknown_answer(ev, msg);
-		return;
-	}
 	old = MemoryContextSwitchTo(ack_context);
 	lex = makeJsonLexContextCstringLen(unconstify(char *, natsMsg_GetData(msg)),
 									   natsMsg_GetDataLength(msg),
 									   PG_UTF8, true);
 	parsed = pg_parse_json(lex, &sem) == JSON_SUCCESS;
 	/* names and texts go into reasons: read by pg_monitor, stored as text */
-	printable_ascii(a.stream);
-	printable_ascii(a.description);
+	printable_ascii(a.stream, strlen(a.stream));
+	printable_ascii(a.description, strlen(a.description));
 	if (!parsed)
 		unknown_answer(ev, msg);
 	else if (a.error && a.err_code != 0)
@@ -1108,7 +1107,7 @@ close_ack_sub(void)
 /*
  * Replace the acks' subscription while the connection stays open (an
  * unfinished batch, finish_batch).  The old one is only unsubscribed here
- * and destroyed later (retire_sub, destroy_retired): cnats' reader thread
+ * and destroyed later (destroy_retired): cnats' reader thread
  * may be delivering a late ack to it at this very moment, and destroying
  * it under that thread crashed the worker (a segmentation fault in
  * natsConn_processMsg, 1 run in 6 of 169 with a publish_timeout of 10 ms).
@@ -1132,7 +1131,6 @@ destroy_retired(int keep)
 static void
 renew_ack_sub(void)
 {
-	destroy_spent();
 	if (ack_sub != NULL)
 	{
 		(void) natsSubscription_Unsubscribe(ack_sub);

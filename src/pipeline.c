@@ -636,6 +636,14 @@ payload_utf8(text *payload, const char **body, size_t *len)
 	return NULL;
 }
 
+/* The reason for a payload of n bytes, more than max_body. */
+static char *
+too_large(size_t n, int64 max_body)
+{
+	return psprintf("the event is %zu bytes, which exceeds the NATS server's max_payload (%lld bytes left after the headers)",
+					n, (long long) max_body);
+}
+
 /*
  * Why an event can never be published, or NULL: checked at scan time, so
  * a bad row goes to the dead letters at once and never reaches NATS (a
@@ -653,6 +661,7 @@ unpublishable(const char *subject, Datum raw, int64 max_body,
 			  text **payload, const char **body, size_t *len)
 {
 	size_t		stored = toast_raw_datum_size(raw) - VARHDRSZ;
+	int			encoding = GetDatabaseEncoding();
 	const char *problem;
 	char	   *reason;
 
@@ -661,11 +670,8 @@ unpublishable(const char *subject, Datum raw, int64 max_body,
 	 * half its bytes (EUC_TW's 4-byte characters become 3).
 	 */
 	if (stored > max_body &&
-		(GetDatabaseEncoding() == PG_UTF8 ||
-		 GetDatabaseEncoding() == PG_SQL_ASCII ||
-		 stored / 2 > max_body))
-		return psprintf("the event is %zu bytes, which exceeds the NATS server's max_payload (%lld bytes left after the headers)",
-						stored, (long long) max_body);
+		(encoding == PG_UTF8 || encoding == PG_SQL_ASCII || stored / 2 > max_body))
+		return too_large(stored, max_body);
 
 	problem = statehub_event_type_problem(subject);
 	if (problem != NULL)
@@ -676,8 +682,7 @@ unpublishable(const char *subject, Datum raw, int64 max_body,
 	if (reason != NULL)
 		return reason;
 	if (*len > max_body)
-		return psprintf("the event is %zu bytes, which exceeds the NATS server's max_payload (%lld bytes left after the headers)",
-						*len, (long long) max_body);
+		return too_large(*len, max_body);
 
 	/* no detail: it would quote the payload, and reasons are for pg_monitor */
 	if (!statehub_json_valid(*body, *len))
@@ -1234,11 +1239,6 @@ statehub_pipeline_drop_scanned(void)
 	drop_batch(&scanned);
 }
 
-/*
- * After an ERROR in a step (the transaction is aborted already): forget
- * every batch of the pipeline.  Their events go out again, and the stream
- * drops what it holds.
- */
 /* A batch was not answered within publish_timeout: smaller ones next. */
 void
 statehub_pipeline_shrink_batches(void)
@@ -1265,6 +1265,11 @@ statehub_pipeline_grow_batches(void)
 		batch_limit = 0;
 }
 
+/*
+ * After an ERROR in a step (the transaction is aborted already): forget
+ * every batch of the pipeline.  Their events go out again, and the stream
+ * drops what it holds.
+ */
 void
 statehub_pipeline_reset(void)
 {

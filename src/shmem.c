@@ -162,6 +162,18 @@ statehub_shmem_error_resolved(bool delivered, bool of_event_too)
 	SpinLockRelease(&statehub_shared->mutex);
 }
 
+/*
+ * The last error is a batch that got no answer: settled by a delivery, not
+ * by a reconnect (statehub_shmem_error_resolved).
+ */
+void
+statehub_shmem_error_undelivered(void)
+{
+	SpinLockAcquire(&statehub_shared->mutex);
+	statehub_shared->last_error_of_delivery = true;
+	SpinLockRelease(&statehub_shared->mutex);
+}
+
 /* reset_counters(): the totals of the status view start again at zero. */
 void
 statehub_shmem_reset_totals(void)

@@ -539,10 +539,7 @@ worker_round(void)
 			statehub_pipeline_shrink_batches();
 		}
 		back_off(error);
-		/* settled by a delivery, not by a reconnect */
-		SpinLockAcquire(&statehub_shared->mutex);
-		statehub_shared->last_error_of_delivery = true;
-		SpinLockRelease(&statehub_shared->mutex);
+		statehub_shmem_error_undelivered();
 		return statehub_ms_until(next_attempt_at);
 	}
 	/*
