@@ -492,6 +492,19 @@ record_ack(StatehubPubEvent *ev, natsMsg *msg)
 	MemoryContext old;
 	bool		parsed;
 
+	/* what each event's answer said, for tracing a lost or odd one */
+	if (message_level_is_interesting(DEBUG2))
+	{
+		char		quoted[129];
+		int			n = Min(natsMsg_GetDataLength(msg), (int) sizeof(quoted) - 1);
+
+		memcpy(quoted, natsMsg_GetData(msg), n);
+		printable_ascii(quoted, n);
+		quoted[n] = '\0';
+		ereport(DEBUG2,
+				(errmsg_internal("statehub_events worker: the answer to event %s is \"%s\"",
+								 ev->msg_id, quoted)));
+	}
 	if (plain_ack(natsMsg_GetData(msg), natsMsg_GetDataLength(msg)))
 	{
 		ev->outcome = STATEHUB_PUB_ACKED;
