@@ -62,6 +62,17 @@ C<nats://127.0.0.1:PORT> (C<tls://...> when TLS is on), without credentials.
 The nats_consume options for this server's auth and TLS (used by the
 methods below; override with C<< $nats->{client_args} = [...] >>).
 
+=item $nats->freeze / thaw
+
+SIGSTOP (a hung server: it neither answers nor refuses) and SIGCONT.
+
+=item $nats->replica_ids($stream)
+
+The Nats-Msg-Ids of the messages of $stream in this server's replica, in
+sequence order, read from its message blocks on disk (what the server has
+not written out yet is missing: poll).  A consumer reads one replica; this
+tells what each replica of a clustered stream holds.
+
 =item $nats->stream_info($stream)
 
 Hash of nats_consume -i: C<exists>, C<messages>, C<first_seq>, C<last_seq>,
@@ -883,6 +894,26 @@ sub kill9 { $_[0]->_signal_and_wait('KILL'); return; }
 # and let go again with SIGCONT.
 sub freeze { kill 'STOP', $_[0]->{pid} if $_[0]->{pid}; return; }
 sub thaw   { kill 'CONT', $_[0]->{pid} if $_[0]->{pid}; return; }
+
+# The Nats-Msg-Ids of the messages of $stream in this server's replica, in
+# sequence order, read from its message blocks on disk (plain file storage:
+# a block holds its messages' headers as published, in sequence order).
+# What a server has not yet written out is missing: poll.
+sub replica_ids
+{
+	my ($self, $stream) = @_;
+	my $dir = "$self->{dir}/store/jetstream/\$G/streams/$stream/msgs";
+	my @ids;
+	opendir(my $dh, $dir) or return [];
+	my @blocks = sort { $a <=> $b } map { /^(\d+)\.blk$/ ? $1 : () } readdir($dh);
+	closedir($dh);
+	foreach my $blk (@blocks)
+	{
+		my $data = slurp_file("$dir/$blk.blk");
+		push @ids, $1 while $data =~ /Nats-Msg-Id:[ \t]*([0-9a-f-]{36})\r\n/g;
+	}
+	return \@ids;
+}
 
 sub restart
 {
