@@ -972,7 +972,7 @@ begin_transaction(bool *restarted)
  */
 static void
 report_settled(const Settled *done, int npoison, const RowUpdates *dead,
-			   const char *event_error)
+			   int nretry, const char *event_error)
 {
 	SpinLockAcquire(&statehub_shared->mutex);
 	statehub_shared->published += done->nacked;
@@ -989,7 +989,18 @@ report_settled(const Settled *done, int npoison, const RowUpdates *dead,
 							   dead->n, dead->n),
 				 errdetail_internal("%s", event_error)));
 	if (event_error[0] != '\0')
+	{
 		statehub_shmem_record_error(event_error, true);
+
+		/*
+		 * Dead letters only, and no rejected event waits for its retry: the
+		 * rejection is over now, not at the next delivery, which on a quiet
+		 * system may be long in coming (the dead letters themselves stay,
+		 * counted in the status view's dead_letters).
+		 */
+		if (dead->n > 0 && nretry == 0 && retry_due_at == DT_NOEND)
+			statehub_shmem_error_resolved(true, true);
+	}
 	else if (done->nacked > 0)
 		statehub_shmem_error_resolved(true, retry_due_at == DT_NOEND);
 
@@ -1097,7 +1108,7 @@ statehub_pipeline_transaction(bool scan, bool *progress)
 	/* a batch that had moved the cursor past it and got no answer */
 	statehub_cursor_lower(done.unanswered);
 
-	report_settled(&done, npoison, &dead, event_error);
+	report_settled(&done, npoison, &dead, retry.n, event_error);
 
 	/*
 	 * Not merely a transaction that went through: a round that fails every

@@ -112,6 +112,26 @@ $node->safe_psql('postgres',
 ok(StatehubTest::wait_for_drain($node), 'the emitted events drain');
 is(StatehubTest::dead_letter_count($node), 1, 'the broken row is a dead letter');
 
+# a dead letter with nothing else going on: no rejected event waits for a
+# retry, so its error is over at once, not at a next delivery that a quiet
+# system may not have for hours
+my $published = $node->safe_psql('postgres', 'SELECT published FROM statehub_events.status');
+$node->safe_psql('postgres', q{
+INSERT INTO statehub_events.outbox (event_id, subject, payload)
+VALUES (gen_random_uuid(), 'org.statehub.test.broken', 'not json either');
+SELECT statehub_events.wake_worker();
+});
+ok( $node->poll_query_until('postgres',
+		'SELECT count(*) = 2 FROM statehub_events.dead_letter'),
+	'a second broken row is a dead letter');
+ok( StatehubTest::wait_for_status($node,
+		q{last_error LIKE '%JSON%' AND last_error_resolved_at >= last_error_at}),
+	'a dead letter alone: its error is resolved at once')
+  or diag($node->safe_psql('postgres',
+		'SELECT last_error, last_error_at, last_error_resolved_at FROM statehub_events.status'));
+is($node->safe_psql('postgres', 'SELECT published FROM statehub_events.status'),
+	$published, '... without a delivery in between');
+
 # an event whose retry is still ahead keeps its rejection current, however
 # much else is delivered meanwhile; once it is gone, the next delivery
 # resolves it
@@ -154,18 +174,18 @@ my $counters = q{SELECT string_agg(event_type || '=' || published || '/' || fail
                    FROM statehub_events.event_counters WHERE event_type <> 'org.nostream.retrying'};
 # (counted just after the commit that empties the outbox)
 ok( $node->poll_query_until('postgres', $counters,
-		"org.statehub.test.broken=0/1 org.statehub.test.created=20/0 org.statehub.test.emitted=$emitted/0"),
+		"org.statehub.test.broken=0/2 org.statehub.test.created=20/0 org.statehub.test.emitted=$emitted/0"),
 	'per-event-type counters: published and failed since the worker started');
 my $retrying = $node->safe_psql('postgres',
 	q{SELECT failed FROM statehub_events.event_counters WHERE event_type = 'org.nostream.retrying'});
 cmp_ok($retrying, '>=', 1, 'the rejections of the retrying event are counted');
 is($node->safe_psql('postgres',
 		'SELECT published || \'/\' || failed FROM statehub_events.status'),
-	(20 + $emitted) . '/' . (1 + $retrying), 'they add up to the totals of the status view');
+	(20 + $emitted) . '/' . (2 + $retrying), 'they add up to the totals of the status view');
 
 $node->safe_psql('postgres', 'CREATE ROLE oncall LOGIN IN ROLE pg_monitor; CREATE ROLE app LOGIN');
 is($node->safe_psql('postgres', $counters, extra_params => [ '-U', 'oncall' ]),
-	"org.statehub.test.broken=0/1 org.statehub.test.created=20/0 org.statehub.test.emitted=$emitted/0",
+	"org.statehub.test.broken=0/2 org.statehub.test.created=20/0 org.statehub.test.emitted=$emitted/0",
 	'pg_monitor reads the counters');
 my ($ret, $o, $e) = $node->psql('postgres', 'SELECT * FROM statehub_events.event_counters',
 	extra_params => [ '-U', 'app' ]);
