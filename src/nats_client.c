@@ -215,6 +215,7 @@ static Helper helper;
  */
 static char *stream_subjects = NULL;
 
+static bool stream_covers(const char *subject);
 static void set_stream_subjects(const char *list, const char **subjects,
 								int n);
 static void describe_failure_text(char *errbuf, size_t errlen,
@@ -454,25 +455,98 @@ printable_ascii(char *s, size_t n)
 }
 
 /*
+ * The start of an answer, for quoting between double quotes: up to max
+ * bytes of it, what is not printable ASCII (NUL bytes too) as '?', and '"'
+ * and '\\' escaped with a '\\', so the quote shows every byte it covers and
+ * an answer cannot end it.  "..." follows when the answer is longer.
+ * buf holds 2 * max + 4 bytes.
+ */
+static void
+quote_answer(char *buf, natsMsg *msg, int max)
+{
+	const char *data = natsMsg_GetData(msg);
+	int			len = natsMsg_GetDataLength(msg);
+	int			n = Min(len, max);
+	char	   *out = buf;
+
+	for (int i = 0; i < n; i++)
+	{
+		char		c = data[i];
+
+		if (c == '"' || c == '\\')
+			*out++ = '\\';
+		*out++ = (c < 0x20 || c >= 0x7F) ? '?' : c;
+	}
+	strcpy(out, len > n ? "..." : "");
+}
+
+/*
  * The answer to ev is not a JetStream ack: something else answers on its
  * subject.  The event's own fault (its subject), as when no stream listens:
  * retried with back-off and dead-lettered at max_attempts, instead of being
- * published again and again.  The reason quotes the answer's start, with
- * anything but printable ASCII as '?'.
+ * published again and again.  The reason quotes the answer's start.
  */
 static void
 unknown_answer(StatehubPubEvent *ev, natsMsg *msg)
 {
-	char		quoted[65];
-	int			n = Min(natsMsg_GetDataLength(msg), (int) sizeof(quoted) - 1);
+	char		quoted[2 * 64 + 4];
 
-	/* NUL bytes too become '?': the quote shows every byte it covers */
-	memcpy(quoted, natsMsg_GetData(msg), n);
-	printable_ascii(quoted, n);
-	quoted[n] = '\0';
+	quote_answer(quoted, msg, 64);
 	reject(ev, NATS_ERR, -1,
-		   "the answer to the event is not a JetStream acknowledgement (\"%s%s\"): something other than a stream answers on subject \"%s\"",
-		   quoted, natsMsg_GetDataLength(msg) > n ? "..." : "", ev->subject);
+		   "the answer to the event is not a JetStream acknowledgement (\"%s\"): something other than a stream answers on subject \"%s\"",
+		   quoted, ev->subject);
+}
+
+/*
+ * The last subject stream_covers said yes to: a batch's events mostly
+ * share their subjects.  Emptied when the stream's subjects change.
+ */
+static char covered_subject[256];
+
+/*
+ * Whether the subjects of our stream were seen to be out of date: an ack
+ * came for a subject they do not cover (statehub_nats_subjects_suspect).
+ */
+static bool subjects_suspect = false;
+
+/*
+ * An answer says our stream stored ev.  Our stream does not listen on a
+ * subject it does not cover, so for such a subject the answer came from
+ * something else that answers on it (a NATS client that may publish to
+ * the reply subject; otherwise nothing at all answers there and the event
+ * is dead-lettered): a rejection, never an ack, or the event would be
+ * deleted although no stream holds it.  Unless the subjects known are out
+ * of date (a DBA added this one to the stream): the worker looks them up
+ * again, and the next attempt's ack is taken.
+ */
+static void
+acked_by_our_stream(StatehubPubEvent *ev, natsMsg *msg)
+{
+	char		quoted[2 * 64 + 4];
+
+	if ((covered_subject[0] != '\0' && strcmp(ev->subject, covered_subject) == 0) ||
+		stream_covers(ev->subject))
+	{
+		if (strlen(ev->subject) < sizeof(covered_subject))
+			strcpy(covered_subject, ev->subject);
+		ev->outcome = STATEHUB_PUB_ACKED;
+		return;
+	}
+	subjects_suspect = true;
+	quote_answer(quoted, msg, 64);
+	reject(ev, NATS_ERR, -1,
+		   "an answer (\"%s\") says stream \"%s\" stored the event, but that stream does not listen on subject \"%s\": the answer did not come from the stream",
+		   quoted, statehub_stream_name, ev->subject);
+}
+
+/* Whether an ack came for a subject the stream's subjects do not cover (once). */
+bool
+statehub_nats_subjects_suspect(void)
+{
+	bool		suspect = subjects_suspect;
+
+	subjects_suspect = false;
+	return suspect;
 }
 
 /*
@@ -495,19 +569,16 @@ record_ack(StatehubPubEvent *ev, natsMsg *msg)
 	/* what each event's answer said, for tracing a lost or odd one */
 	if (message_level_is_interesting(DEBUG2))
 	{
-		char		quoted[129];
-		int			n = Min(natsMsg_GetDataLength(msg), (int) sizeof(quoted) - 1);
+		char		quoted[2 * 128 + 4];
 
-		memcpy(quoted, natsMsg_GetData(msg), n);
-		printable_ascii(quoted, n);
-		quoted[n] = '\0';
+		quote_answer(quoted, msg, 128);
 		ereport(DEBUG2,
 				(errmsg_internal("statehub_events worker: the answer to event %s is \"%s\"",
 								 ev->msg_id, quoted)));
 	}
 	if (plain_ack(natsMsg_GetData(msg), natsMsg_GetDataLength(msg)))
 	{
-		ev->outcome = STATEHUB_PUB_ACKED;
+		acked_by_our_stream(ev, msg);
 		return;
 	}
 	if (natsMsg_GetDataLength(msg) > ACK_MAX_LEN)
@@ -572,7 +643,7 @@ record_ack(StatehubPubEvent *ev, natsMsg *msg)
 			   "JetStream answered with sequence 0, which stores nothing");
 	}
 	else
-		ev->outcome = STATEHUB_PUB_ACKED;
+		acked_by_our_stream(ev, msg);
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(ack_context);
 }
@@ -1328,6 +1399,7 @@ set_stream_subjects(const char *list, const char **subjects, int n)
 		appendStringInfo(&buf, "%s%s", i > 0 ? "," : "", subjects[i]);
 	free(stream_subjects);
 	stream_subjects = strdup(buf.data);
+	covered_subject[0] = '\0';
 	pfree(buf.data);
 }
 

@@ -85,6 +85,7 @@ extern StatehubNatsResult statehub_nats_publish_wait(StatehubPubEvent *events,
 
 extern void statehub_nats_abandon_batch(void);
 extern bool statehub_nats_stream_trouble(const StatehubPubEvent *ev);
+extern bool statehub_nats_subjects_suspect(void);
 extern TimestampTz statehub_nats_lost_at(void);
 
 #endif							/* STATEHUB_NATS_CLIENT_H */

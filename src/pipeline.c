@@ -170,10 +170,18 @@ typedef struct Settled
 	int			nacked;
 	int			nrejected;
 	int64		unanswered;		/* lowest id without an answer, or none */
+	TimestampTz published_at;	/* when the settled batch went out */
 } Settled;
 
 /* When the earliest rescheduled event is due (DT_NOEND: none known). */
 static TimestampTz retry_due_at = DT_NOEND;
+
+/*
+ * What the last round's progress says about delivery: when the batch whose
+ * acks it settled went out, now when it found nothing left to deliver, 0
+ * when it delivered nothing (statehub_pipeline_progress_from).
+ */
+static TimestampTz progress_from = 0;
 static Oid	scanned_node = InvalidOid;	/* the outbox's relfilenode */
 
 /* Plans, prepared once and kept. */
@@ -966,14 +974,28 @@ begin_transaction(bool *restarted)
 	return true;
 }
 
+/* Whether batch b publishes an event again after a rejection. */
+static bool
+holds_retry(const Batch *b)
+{
+	if (b == NULL)
+		return false;
+	for (int i = 0; i < b->n; i++)
+		if (b->rows[i].attempts > 0)
+			return true;
+	return false;
+}
+
 /*
  * After the commit: what other processes see (counters, the last error,
  * the dead letters warned about, waiters of wait_for_drain() woken).
  */
 static void
 report_settled(const Settled *done, int npoison, const RowUpdates *dead,
-			   int nretry, const char *event_error)
+			   int nretry, bool all_seen, const char *event_error)
 {
+	bool		nothing_waits;
+
 	SpinLockAcquire(&statehub_shared->mutex);
 	statehub_shared->published += done->nacked;
 	statehub_shared->failed += done->nrejected + npoison;
@@ -988,21 +1010,22 @@ report_settled(const Settled *done, int npoison, const RowUpdates *dead,
 							   "%d events moved to statehub_events.dead_letter",
 							   dead->n, dead->n),
 				 errdetail_internal("%s", event_error)));
-	if (event_error[0] != '\0')
-	{
+	/*
+	 * No rejected event waits for its retry: a rejection is over now, not
+	 * at the next delivery, which on a quiet system may be long in coming.
+	 * Known only when the round saw every queued event.  A rejected event
+	 * going out again (scanned or in flight) still waits for its answer.
+	 */
+	nothing_waits = nretry == 0 && retry_due_at == DT_NOEND &&
+		!holds_retry(scanned) && !holds_retry(in_flight);
+	if (event_error[0] != '\0' && nothing_waits && all_seen)
+		statehub_shmem_record_settled_error(event_error);	/* dead letters */
+	else if (event_error[0] != '\0')
 		statehub_shmem_record_error(event_error, true);
-
-		/*
-		 * Dead letters only, and no rejected event waits for its retry: the
-		 * rejection is over now, not at the next delivery, which on a quiet
-		 * system may be long in coming (the dead letters themselves stay,
-		 * counted in the status view's dead_letters).
-		 */
-		if (dead->n > 0 && nretry == 0 && retry_due_at == DT_NOEND)
-			statehub_shmem_error_resolved(true, true);
-	}
 	else if (done->nacked > 0)
-		statehub_shmem_error_resolved(true, retry_due_at == DT_NOEND);
+		statehub_shmem_error_resolved(done->published_at, nothing_waits);
+	else if (nothing_waits && all_seen)
+		statehub_shmem_event_error_over();
 
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
@@ -1069,8 +1092,12 @@ statehub_pipeline_transaction(bool scan, bool *progress)
 	}
 
 	/* the answered batch: its acks were collected after the last commit */
+	done.published_at = 0;
 	if (answered != NULL)
+	{
 		settle_batch(answered, now, &done, &retry, &dead);
+		done.published_at = answered->published_at;
+	}
 
 	if (result == STATEHUB_BATCH_FULL)
 		covered = max_id + 1;
@@ -1108,13 +1135,16 @@ statehub_pipeline_transaction(bool scan, bool *progress)
 	/* a batch that had moved the cursor past it and got no answer */
 	statehub_cursor_lower(done.unanswered);
 
-	report_settled(&done, npoison, &dead, retry.n, event_error);
+	report_settled(&done, npoison, &dead, retry.n,
+				   scan && result != STATEHUB_BATCH_FULL, event_error);
 
 	/*
 	 * Not merely a transaction that went through: a round that fails every
 	 * other time must not count as progress every time.
 	 */
 	*progress = done.nacked > 0 || (scan && max_id < 0);
+	progress_from = done.nacked > 0 ? done.published_at :
+		(scan && max_id < 0) ? GetCurrentTimestamp() : 0;
 	return result;
 }
 
@@ -1309,6 +1339,17 @@ bool
 statehub_pipeline_answered(void)
 {
 	return answered != NULL;
+}
+
+/*
+ * Delivery moved on in the last round (its progress): the time from which
+ * it says so, for statehub_shmem_error_resolved; 0 when it delivered
+ * nothing.
+ */
+TimestampTz
+statehub_pipeline_progress_from(void)
+{
+	return progress_from;
 }
 
 /* When the earliest rescheduled event is due (DT_NOEND: none known). */

@@ -141,23 +141,42 @@ statehub_shmem_worker_stopped(void)
 }
 
 /*
- * The worker is connected (delivered false) or delivering again (true):
- * the last error, if still current, is past.  It stays in the status view
- * with both times, so the DBA sees what happened, and a health check can
- * tell it is over.  Being connected does not settle every error: a batch
- * that got no answer is past only once one is delivered (a server that
- * takes events and never answers looks connected after every reconnect),
- * and an event's rejection only when of_event_too says so (no rejected
- * event is waiting for its retry).
+ * The worker is connected (delivered_from 0) or delivered a batch it
+ * published at delivered_from: the last error, if still current, is past.
+ * It stays in the status view with both times, so the DBA sees what
+ * happened, and a health check can tell it is over.  Being connected does
+ * not settle every error: a batch that got no answer is past only once a
+ * batch published after it is delivered (a server that takes events and
+ * never answers looks connected after every reconnect, and acks of a batch
+ * sent before a server hung still come in after it), and an event's
+ * rejection only when of_event_too says so (no rejected event is waiting
+ * for its retry).
  */
 void
-statehub_shmem_error_resolved(bool delivered, bool of_event_too)
+statehub_shmem_error_resolved(TimestampTz delivered_from, bool of_event_too)
 {
 	SpinLockAcquire(&statehub_shared->mutex);
 	if (statehub_shared->last_error[0] != '\0' &&
 		statehub_shared->last_error_resolved_at == 0 &&
-		(delivered || !statehub_shared->last_error_of_delivery) &&
+		(!statehub_shared->last_error_of_delivery ||
+		 (delivered_from != 0 &&
+		  delivered_from >= statehub_shared->last_error_at)) &&
 		(of_event_too || !statehub_shared->last_error_of_event))
+		statehub_shared->last_error_resolved_at = GetCurrentTimestamp();
+	SpinLockRelease(&statehub_shared->mutex);
+}
+
+/*
+ * No rejected event waits for its retry any more (the last one was deleted
+ * by hand, say): a current rejection is past.  Any other error stays.
+ */
+void
+statehub_shmem_event_error_over(void)
+{
+	SpinLockAcquire(&statehub_shared->mutex);
+	if (statehub_shared->last_error[0] != '\0' &&
+		statehub_shared->last_error_resolved_at == 0 &&
+		statehub_shared->last_error_of_event)
 		statehub_shared->last_error_resolved_at = GetCurrentTimestamp();
 	SpinLockRelease(&statehub_shared->mutex);
 }
@@ -203,6 +222,32 @@ statehub_worker_state_name(StatehubWorkerStateCode state)
 			return "backoff";
 	}
 	return "unknown";
+}
+
+/*
+ * Events became dead letters, and no rejected event waits for its retry:
+ * their error is over as it is recorded (they are counted in dead_letters).
+ * A current error of the worker's own (no connection, a batch without an
+ * answer) is not replaced by it: that problem is not over.
+ */
+void
+statehub_shmem_record_settled_error(const char *error)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	SpinLockAcquire(&statehub_shared->mutex);
+	if (statehub_shared->last_error[0] == '\0' ||
+		statehub_shared->last_error_resolved_at != 0 ||
+		statehub_shared->last_error_of_event)
+	{
+		strlcpy(statehub_shared->last_error, error,
+				sizeof(statehub_shared->last_error));
+		statehub_shared->last_error_at = now;
+		statehub_shared->last_error_resolved_at = now;
+		statehub_shared->last_error_of_event = true;
+		statehub_shared->last_error_of_delivery = false;
+	}
+	SpinLockRelease(&statehub_shared->mutex);
 }
 
 /*

@@ -79,7 +79,10 @@ extern void statehub_shmem_request_rescan(void);
 extern void statehub_shmem_worker_started(pid_t pid, Latch *latch);
 extern void statehub_shmem_worker_stopped(void);
 extern void statehub_shmem_record_error(const char *error, bool of_event);
-extern void statehub_shmem_error_resolved(bool delivered, bool of_event_too);
+extern void statehub_shmem_record_settled_error(const char *error);
+extern void statehub_shmem_error_resolved(TimestampTz delivered_from,
+										  bool of_event_too);
+extern void statehub_shmem_event_error_over(void);
 extern void statehub_shmem_error_undelivered(void);
 extern void statehub_shmem_reset_totals(void);
 extern const char *statehub_worker_state_name(StatehubWorkerStateCode state);

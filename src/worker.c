@@ -171,7 +171,7 @@ set_state(StatehubWorkerStateCode new_state, const char *error)
 	}
 	SpinLockRelease(&statehub_shared->mutex);
 	if (new_state == STATEHUB_WORKER_CONNECTED)
-		statehub_shmem_error_resolved(false, false);
+		statehub_shmem_error_resolved(0, false);
 	quiet = undelivered_again &&
 		(error == NULL || strcmp(error, last_undelivered) == 0);
 
@@ -504,7 +504,7 @@ worker_round(void)
 	/* the acks of the batch in flight came in while we scanned and settled */
 	pgstat_report_activity(STATE_RUNNING, "waiting for NATS JetStream");
 	ok = statehub_pipeline_collect(error, sizeof(error), &stream_trouble);
-	if (stream_trouble)
+	if (stream_trouble || statehub_nats_subjects_suspect())
 		stream_checked = false; /* look the stream up before publishing */
 	if (!ok)
 		statehub_pipeline_drop_scanned();
@@ -550,7 +550,7 @@ worker_round(void)
 	 */
 	if (progress)
 	{
-		statehub_shmem_error_resolved(true, false);
+		statehub_shmem_error_resolved(statehub_pipeline_progress_from(), false);
 		undelivered_again = false;
 		last_undelivered[0] = '\0';
 		statehub_pipeline_grow_batches();

@@ -25,6 +25,10 @@
 #    were deleted, lost.  Reply subjects now carry a random token per batch.
 #    Also: a "seq" past 64 bits or given twice, and a "duplicate" that is
 #    not a boolean, are no acks.
+# Third hostile review: an answer shaped like our stream's ack on a subject
+# the stream does not cover is no ack (there it was the only answer, and
+# the event was deleted); a quoted answer has its quotes escaped; a dead
+# letter found while the stream does not answer leaves that error current.
 
 use strict;
 use warnings;
@@ -137,10 +141,35 @@ foreach my $subject (sort keys %answers)
 		"$subject: a dead letter after max_attempts");
 	my $reason = $node->safe_psql('postgres',
 		"SELECT attempts || ' | ' || reason FROM statehub_events.dead_letter WHERE event_id = '$id'");
+	(my $quoted = $answers{$subject}) =~ s/(["\\])/\\$1/g;
 	like(
 		$reason,
-		qr/^2 \| the answer to the event is not a JetStream acknowledgement \("\Q$answers{$subject}\E"\)/,
-		"$subject: the reason quotes the answer");
+		qr/^2 \| the answer to the event is not a JetStream acknowledgement \("\Q$quoted\E"\)/,
+		"$subject: the reason quotes the answer, its quotes escaped");
+	stop_responder($responder);
+}
+
+# An answer that looks like our stream's ack, on a subject the stream does
+# not cover (third hostile review): nothing else answers there, so the
+# forged ack was the only answer, and the event was deleted, stored
+# nowhere.  Now an ack of our stream for a subject it does not listen on
+# is a rejection.
+{
+	my $forged = '{"stream":"STATEHUB","seq":999999}';
+	my $responder = start_responder('spoof.plausible', $forged);
+	my $before = $nats->stream_info('STATEHUB')->{last_seq};
+	my $id = emit('spoof.plausible');
+	ok( $node->poll_query_until(
+			'postgres',
+			"SELECT count(*) = 1 FROM statehub_events.dead_letter WHERE event_id = '$id'"),
+		'a forged ack on a subject the stream does not cover: a dead letter after max_attempts');
+	(my $quoted = $forged) =~ s/(["\\])/\\$1/g;
+	like(
+		$node->safe_psql('postgres',
+			"SELECT attempts || ' | ' || reason FROM statehub_events.dead_letter WHERE event_id = '$id'"),
+		qr/^2 \| an answer \("\Q$quoted\E"\) says stream "STATEHUB" stored the event, but that stream does not listen on subject "spoof\.plausible"/,
+		'... with the reason');
+	is($nats->stream_info('STATEHUB')->{last_seq}, $before, '... and the stream took nothing');
 	stop_responder($responder);
 }
 
@@ -257,6 +286,23 @@ is($wrong, 0, 'no_ack: the error never looked resolved while events waited');
 my $log = substr(slurp_file($node->logfile), $log_from);
 my $drops = () = $log =~ /drops its connection to NATS server/g;
 is($drops, 1, 'no_ack: the dropped connection is logged once');
+
+# a dead letter found meanwhile (third hostile review): its own error is
+# over at once, but it must not end the stream's, which is not over
+my $broken = $node->safe_psql('postgres', q{
+INSERT INTO statehub_events.outbox (event_id, subject, payload)
+VALUES (gen_random_uuid(), 'org.statehub.test.noack', 'not json') RETURNING event_id});
+$node->safe_psql('postgres', 'SELECT statehub_events.wake_worker()');
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) = 1 FROM statehub_events.dead_letter WHERE event_id = '$broken'"),
+	'no_ack: a broken row meanwhile is a dead letter');
+is( $node->safe_psql(
+		'postgres',
+		q{SELECT last_error ~ 'timed out' AND last_error_resolved_at IS NULL
+		    FROM statehub_events.status}),
+	't',
+	'no_ack: ... and the error of the stream stays current');
 
 $config->{no_ack} = JSON::PP::false;
 $nats->js_api('$JS.API.STREAM.UPDATE.STATEHUB', $config);

@@ -156,20 +156,18 @@ for my $n (1, 2)
 is($node->safe_psql('postgres', q{
 SELECT last_error_resolved_at IS NULL FROM statehub_events.status}),
 	't', 'its error stays current while it waits for its retry');
+$published = $node->safe_psql('postgres', 'SELECT published FROM statehub_events.status');
 $node->safe_psql('postgres',
 	q{DELETE FROM statehub_events.outbox WHERE subject = 'org.nostream.retrying'});
-# (a rejection of it may still be on its way: deliver until one resolves it)
-my $resolved = 0;
+# (third hostile review: the error stayed current until the next delivery,
+# for good on a quiet system; the worker notices by the time its retry
+# would have been due)
+ok( StatehubTest::wait_for_status($node, q{
+last_error LIKE '%org.nostream.retrying%' AND last_error_resolved_at >= last_error_at}),
+	'the rejected event removed by hand: its error is resolved');
+is($node->safe_psql('postgres', 'SELECT published FROM statehub_events.status'),
+	$published, '... without a delivery');
 my $emitted = 6;
-for (my $i = 0; $i < 60 && !$resolved; $i++, $emitted++)
-{
-	$node->safe_psql('postgres', q{SELECT statehub_events.emit('org.statehub.test.emitted', '{}')});
-	StatehubTest::wait_for_drain($node);
-	$resolved = $node->safe_psql('postgres', q{
-SELECT last_error LIKE '%org.nostream.retrying%' AND last_error_resolved_at >= last_error_at
-  FROM statehub_events.status}) eq 't';
-}
-ok($resolved, 'the rejected event removed: the next delivery resolves its error');
 my $counters = q{SELECT string_agg(event_type || '=' || published || '/' || failed, ' ' ORDER BY event_type)
                    FROM statehub_events.event_counters WHERE event_type <> 'org.nostream.retrying'};
 # (counted just after the commit that empties the outbox)
