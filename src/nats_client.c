@@ -117,6 +117,10 @@
 /* Longest a write to the server may make no progress (build_options). */
 #define WRITE_DEADLINE_MS 1000
 
+/* PINGs on an idle connection, and how many may go unanswered (see build_options) */
+#define PING_INTERVAL_MS 5000
+#define PING_MAX_OUT 2
+
 static natsConnection *conn = NULL;
 static jsCtx *js = NULL;
 
@@ -964,6 +968,20 @@ build_options(natsOptions **optsp, const char **what)
 	 */
 	if (s == NATS_OK)
 		s = natsOptions_SetWriteDeadline(opts, WRITE_DEADLINE_MS);
+
+	/*
+	 * A server that hangs while nothing is published: without PINGs more
+	 * often than cnats' 2 minutes, the status view would say "connected"
+	 * for minutes.  With no PONG to PING_MAX_OUT of them, cnats closes the
+	 * connection and the worker connects anew (to another server of the
+	 * list first).  A PONG comes behind everything the server was sent, as
+	 * an ack does, and publish_timeout (5 s by default) already takes a
+	 * server that answers nothing for that long as hung.
+	 */
+	if (s == NATS_OK)
+		s = natsOptions_SetPingInterval(opts, PING_INTERVAL_MS);
+	if (s == NATS_OK)
+		s = natsOptions_SetMaxPingsOut(opts, PING_MAX_OUT);
 	if (s == NATS_OK)
 		s = natsOptions_SetDisconnectedCB(opts, disconnected_cb, NULL);
 	if (s == NATS_OK)

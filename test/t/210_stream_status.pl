@@ -101,6 +101,17 @@ ok( StatehubTest::wait_for_status($node,
 		  AND last_error_resolved_at >= last_error_at}),
 	'connected again: the last error is kept, with the time it was resolved');
 
+# a server that hangs while nothing is published (third hostile review: the
+# view said "connected" for minutes, until cnats' PING of every 2 minutes
+# went unanswered twice): PINGs every 5 s notice it
+$nats->freeze;
+ok(StatehubTest::wait_for_status($node, q{state <> 'connected'}),
+	'NATS hung while nothing is published: the worker notices');
+$nats->thaw;
+ok( StatehubTest::wait_for_status($node,
+		q{state = 'connected' AND last_error_resolved_at IS NOT NULL}),
+	'NATS answers again: connected');
+
 # a row no server can take: dead at once, counted as failed for its type
 $node->safe_psql('postgres', q{
 INSERT INTO statehub_events.outbox (event_id, subject, payload)
