@@ -270,6 +270,9 @@ reload_settings(void)
 		/* its acks would come on the connection we are closing */
 		statehub_pipeline_forget_in_flight();
 		statehub_nats_close();
+		/* closed on purpose: not a lost connection (ensure_connected) */
+		if (state == STATEHUB_WORKER_CONNECTED)
+			set_state(STATEHUB_WORKER_CONNECTING, NULL);
 		stream_checked = false;
 		backoff_ms = 0;
 		next_attempt_at = 0;

@@ -25,6 +25,7 @@ use PostgreSQL::Test::Utils;
 use StatehubTest;
 use Test::More;
 use JSON::PP;
+use Time::HiRes qw(time usleep);
 
 my $nats = StatehubTest::Nats->new('stream_status');
 $nats->start;
@@ -111,6 +112,24 @@ $nats->thaw;
 ok( StatehubTest::wait_for_status($node,
 		q{state = 'connected' AND last_error_resolved_at IS NOT NULL}),
 	'NATS answers again: connected');
+
+# connection settings changed and reloaded: the worker connects anew, which
+# is no lost connection (third hostile review: it said so, in last_error
+# and the log)
+my $error_at = $node->safe_psql('postgres', 'SELECT last_error_at FROM statehub_events.status');
+my $reload_from = -s $node->logfile;
+StatehubTest::set_gucs($node, nats_url => $nats->url . ',' . $nats->url);
+my $reload_deadline = time() + $PostgreSQL::Test::Utils::timeout_default;
+usleep(50_000)
+  until substr(slurp_file($node->logfile), $reload_from) =~ /because its connection settings changed/
+  || time() > $reload_deadline;
+ok( substr(slurp_file($node->logfile), $reload_from) =~ /because its connection settings changed/
+	  && $node->poll_query_until('postgres', q{SELECT state = 'connected' FROM statehub_events.status}),
+	'a reloaded nats_url: the worker connects anew');
+is($node->safe_psql('postgres', 'SELECT last_error_at FROM statehub_events.status'),
+	$error_at, '... and records no error');
+unlike(substr(slurp_file($node->logfile), $reload_from), qr/could not deliver events/,
+	'... and logs none');
 
 # a row no server can take: dead at once, counted as failed for its type
 $node->safe_psql('postgres', q{
