@@ -449,27 +449,16 @@ plain_ack(const char *data, int len)
 	return ack_token(&p, end, "}", 1) && ack_token(&p, end, "", 0) && p == end;
 }
 
-/* Replace in the n bytes at s what is not printable ASCII with '?'. */
-static void
-printable_ascii(char *s, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		if (s[i] < 0x20 || s[i] >= 0x7F)
-			s[i] = '?';
-}
-
 /*
- * The start of an answer, for quoting between double quotes: up to max
- * bytes of it, what is not printable ASCII (NUL bytes too) as '?', and '"'
- * and '\\' escaped with a '\\', so the quote shows every byte it covers and
- * an answer cannot end it.  "..." follows when the answer is longer.
- * buf holds 2 * max + 4 bytes.
+ * Up to max of the len bytes at data, for quoting between double quotes:
+ * what is not printable ASCII (NUL bytes too) as '?', and '"' and '\\'
+ * escaped with a '\\', so the quote shows every byte it covers and the text
+ * cannot end it; "..." follows when there is more.  buf holds 2 * max + 4
+ * bytes.
  */
 static void
-quote_answer(char *buf, natsMsg *msg, int max)
+quote_bytes(char *buf, const char *data, int len, int max)
 {
-	const char *data = natsMsg_GetData(msg);
-	int			len = natsMsg_GetDataLength(msg);
 	int			n = Min(len, max);
 	char	   *out = buf;
 
@@ -482,6 +471,13 @@ quote_answer(char *buf, natsMsg *msg, int max)
 		*out++ = (c < 0x20 || c >= 0x7F) ? '?' : c;
 	}
 	strcpy(out, len > n ? "..." : "");
+}
+
+/* The start of an answer, quoted (quote_bytes). */
+static void
+quote_answer(char *buf, natsMsg *msg, int max)
+{
+	quote_bytes(buf, natsMsg_GetData(msg), natsMsg_GetDataLength(msg), max);
 }
 
 /*
@@ -513,15 +509,27 @@ static char covered_subject[256];
  */
 static bool subjects_suspect = false;
 
+/* How many times set_stream_subjects has run: which lookup they are from. */
+static uint64 subjects_generation = 0;
+
+/*
+ * The event whose ack came last for a subject the stream's subjects do not
+ * cover, and the lookup of those subjects it was checked against.
+ */
+static char suspect_msg_id[STATEHUB_MSG_ID_LEN + 1];
+static uint64 suspect_generation = 0;
+
 /*
  * An answer says our stream stored ev.  Our stream does not listen on a
  * subject it does not cover, so for such a subject the answer came from
  * something else that answers on it (a NATS client that may publish to
  * the reply subject; otherwise nothing at all answers there and the event
- * is dead-lettered): a rejection, never an ack, or the event would be
- * deleted although no stream holds it.  Unless the subjects known are out
- * of date (a DBA added this one to the stream): the worker looks them up
- * again, and the next attempt's ack is taken.
+ * is dead-lettered): never an ack, or the event would be deleted although
+ * no stream holds it.  Unless the subjects known are out of date (a DBA
+ * added this one to the stream): so the first such answer is trouble of
+ * the stream (no attempt burnt, the event goes out again in order) and
+ * the worker looks the subjects up again; only an answer checked against
+ * subjects looked up after the event's last such answer is a rejection.
  */
 static void
 acked_by_our_stream(StatehubPubEvent *ev, natsMsg *msg)
@@ -538,6 +546,16 @@ acked_by_our_stream(StatehubPubEvent *ev, natsMsg *msg)
 	}
 	subjects_suspect = true;
 	quote_answer(quoted, msg, 64);
+	if (strcmp(ev->msg_id, suspect_msg_id) != 0 ||
+		subjects_generation == suspect_generation)
+	{
+		strlcpy(suspect_msg_id, ev->msg_id, sizeof(suspect_msg_id));
+		suspect_generation = subjects_generation;
+		reject(ev, NATS_MISMATCH, 0,
+			   "an answer (\"%s\") says stream \"%s\" stored the event, but as far as the worker knows that stream does not listen on subject \"%s\": looking the stream up again",
+			   quoted, statehub_stream_name, ev->subject);
+		return;
+	}
 	reject(ev, NATS_ERR, -1,
 		   "an answer (\"%s\") says stream \"%s\" stored the event, but that stream does not listen on subject \"%s\": the answer did not come from the stream",
 		   quoted, statehub_stream_name, ev->subject);
@@ -569,6 +587,8 @@ record_ack(StatehubPubEvent *ev, natsMsg *msg)
 	JsonLexContext *lex;
 	MemoryContext old;
 	bool		parsed;
+	char		stream[2 * NAMEDATALEN + 4];
+	char		description[2 * 64 + 4];
 
 	/* what each event's answer said, for tracing a lost or odd one */
 	if (message_level_is_interesting(DEBUG2))
@@ -605,14 +625,14 @@ record_ack(StatehubPubEvent *ev, natsMsg *msg)
 									   PG_UTF8, true);
 	parsed = pg_parse_json(lex, &sem) == JSON_SUCCESS;
 	/* names and texts go into reasons: read by pg_monitor, stored as text */
-	printable_ascii(a.stream, strlen(a.stream));
-	printable_ascii(a.description, strlen(a.description));
+	quote_bytes(stream, a.stream, strlen(a.stream), NAMEDATALEN);
+	quote_bytes(description, a.description, strlen(a.description), 64);
 	if (!parsed)
 		unknown_answer(ev, msg);
 	else if (a.error && a.err_code != 0)
 		reject(ev, NATS_ERR, (int) a.err_code,
-			   "JetStream rejected the event: %s (error code %d)",
-			   a.description, (int) a.err_code);
+			   "JetStream rejected the event: \"%s\" (error code %d)",
+			   description, (int) a.err_code);
 	else if (a.error)
 	{
 		/* an error without a JetStream code: left without an answer */
@@ -628,7 +648,7 @@ record_ack(StatehubPubEvent *ev, natsMsg *msg)
 		 */
 		reject(ev, NATS_ERR, -1,
 			   "stream \"%s\" took the event, not stream \"%s\": no stream of this worker listens on subject \"%s\"",
-			   a.stream, statehub_stream_name, ev->subject);
+			   stream, statehub_stream_name, ev->subject);
 	}
 	else if (a.zero_seq)
 	{
@@ -1418,6 +1438,7 @@ set_stream_subjects(const char *list, const char **subjects, int n)
 	free(stream_subjects);
 	stream_subjects = strdup(buf.data);
 	covered_subject[0] = '\0';
+	subjects_generation++;
 	pfree(buf.data);
 }
 
@@ -1447,21 +1468,22 @@ stream_covers(const char *subject)
 }
 
 /*
- * Whether a rejection is about the stream rather than the event: "no
- * responders" for a subject the stream covers (it has no leader just now,
+ * Whether a rejection is about the stream rather than the event: for a
+ * subject the stream covers, "no responders" (it has no leader just now,
  * during an election or while the node holding an R1 stream restarts, or
- * it is missing), or any JetStream error but those that can only be about
- * this one message.  Such an event is not to blame: it is treated like one
- * without an answer (no attempt burnt, nothing overtakes it, the worker
- * backs off and publishes again in id order).
+ * it is missing) or any JetStream error but those that can only be about
+ * this one message; or an ack for a subject not known to be the stream's
+ * (acked_by_our_stream).  Such an event is not to blame: it is treated
+ * like one without an answer (no attempt burnt, nothing overtakes it, the
+ * worker backs off and publishes again in id order).
  */
 bool
 statehub_nats_stream_trouble(const StatehubPubEvent *ev)
 {
 	if (ev->outcome != STATEHUB_PUB_REJECTED || ev->err_code < 0)
 		return false;
-	if (ev->err_status == NATS_NO_RESPONDERS)
-		return stream_covers(ev->subject);
+	if (ev->err_status == NATS_MISMATCH)
+		return true;			/* acked for a subject not known to be ours */
 	switch (ev->err_code)
 	{
 		case JS_MESSAGE_EXCEEDS_MAX_ERR_CODE:
@@ -1470,7 +1492,13 @@ statehub_nats_stream_trouble(const StatehubPubEvent *ev)
 		case JS_STREAM_NOT_MATCH_ERR_CODE:
 			return false;		/* this message's own */
 		default:
-			return true;
+
+			/*
+			 * About our stream only if it listens on the subject: else
+			 * another stream (or something else) answered, and the event
+			 * is to blame, like one no stream listens for.
+			 */
+			return stream_covers(ev->subject);
 	}
 }
 
