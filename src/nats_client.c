@@ -117,7 +117,7 @@
 /* Longest a write to the server may make no progress (build_options). */
 #define WRITE_DEADLINE_MS 1000
 
-/* PINGs on an idle connection, and how many may go unanswered (see build_options) */
+/* How often to PING the server, how many may go unanswered (build_options) */
 #define PING_INTERVAL_MS 5000
 #define PING_MAX_OUT 2
 
@@ -536,7 +536,8 @@ acked_by_our_stream(StatehubPubEvent *ev, natsMsg *msg)
 {
 	char		quoted[2 * 64 + 4];
 
-	if ((covered_subject[0] != '\0' && strcmp(ev->subject, covered_subject) == 0) ||
+	if ((covered_subject[0] != '\0' &&
+		 strcmp(ev->subject, covered_subject) == 0) ||
 		stream_covers(ev->subject))
 	{
 		if (strlen(ev->subject) < sizeof(covered_subject))
@@ -561,7 +562,7 @@ acked_by_our_stream(StatehubPubEvent *ev, natsMsg *msg)
 		   quoted, statehub_stream_name, ev->subject);
 }
 
-/* Whether an ack came for a subject the stream's subjects do not cover (once). */
+/* Whether an ack came for a subject the stream's subjects lack (once). */
 bool
 statehub_nats_subjects_suspect(void)
 {

@@ -1013,8 +1013,9 @@ report_settled(const Settled *done, int npoison, const RowUpdates *dead,
 	/*
 	 * No rejected event waits for its retry: a rejection is over now, not
 	 * at the next delivery, which on a quiet system may be long in coming.
-	 * Known only when the round saw every queued event.  A rejected event
-	 * going out again (scanned or in flight) still waits for its answer.
+	 * A rejected event going out again (scanned or in flight) still waits
+	 * for its answer.  Without a delivery this is known only when the round
+	 * saw every queued event (all_seen).
 	 */
 	nothing_waits = nretry == 0 && retry_due_at == DT_NOEND &&
 		!holds_retry(scanned) && !holds_retry(in_flight);
