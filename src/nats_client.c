@@ -498,12 +498,6 @@ unknown_answer(StatehubPubEvent *ev, natsMsg *msg)
 }
 
 /*
- * The last subject stream_covers said yes to: a batch's events mostly
- * share their subjects.  Emptied when the stream's subjects change.
- */
-static char covered_subject[256];
-
-/*
  * Whether the subjects of our stream were seen to be out of date: an ack
  * came for a subject they do not cover (statehub_nats_subjects_suspect).
  */
@@ -536,12 +530,8 @@ acked_by_our_stream(StatehubPubEvent *ev, natsMsg *msg)
 {
 	char		quoted[2 * 64 + 4];
 
-	if ((covered_subject[0] != '\0' &&
-		 strcmp(ev->subject, covered_subject) == 0) ||
-		stream_covers(ev->subject))
+	if (stream_covers(ev->subject))
 	{
-		if (strlen(ev->subject) < sizeof(covered_subject))
-			strcpy(covered_subject, ev->subject);
 		ev->outcome = STATEHUB_PUB_ACKED;
 		return;
 	}
@@ -588,14 +578,11 @@ record_ack(StatehubPubEvent *ev, natsMsg *msg)
 	JsonLexContext *lex;
 	MemoryContext old;
 	bool		parsed;
-	char		stream[2 * NAMEDATALEN + 4];
-	char		description[2 * 64 + 4];
+	char		quoted[2 * Max(NAMEDATALEN, 128) + 4];
 
 	/* what each event's answer said, for tracing a lost or odd one */
 	if (message_level_is_interesting(DEBUG2))
 	{
-		char		quoted[2 * 128 + 4];
-
 		quote_answer(quoted, msg, 128);
 		ereport(DEBUG2,
 				(errmsg_internal("statehub_events worker: the answer to event %s is \"%s\"",
@@ -625,15 +612,16 @@ record_ack(StatehubPubEvent *ev, natsMsg *msg)
 									   natsMsg_GetDataLength(msg),
 									   PG_UTF8, true);
 	parsed = pg_parse_json(lex, &sem) == JSON_SUCCESS;
-	/* names and texts go into reasons: read by pg_monitor, stored as text */
-	quote_bytes(stream, a.stream, strlen(a.stream), NAMEDATALEN);
-	quote_bytes(description, a.description, strlen(a.description), 64);
+	/* names and texts in reasons (read by pg_monitor) are quoted */
 	if (!parsed)
 		unknown_answer(ev, msg);
 	else if (a.error && a.err_code != 0)
+	{
+		quote_bytes(quoted, a.description, strlen(a.description), 64);
 		reject(ev, NATS_ERR, (int) a.err_code,
 			   "JetStream rejected the event: \"%s\" (error code %d)",
-			   description, (int) a.err_code);
+			   quoted, (int) a.err_code);
+	}
 	else if (a.error)
 	{
 		/* an error without a JetStream code: left without an answer */
@@ -647,9 +635,10 @@ record_ack(StatehubPubEvent *ev, natsMsg *msg)
 		 * delivered to ours, and so not to its consumers.  The event's own
 		 * fault (its subject), like no stream at all.
 		 */
+		quote_bytes(quoted, a.stream, strlen(a.stream), NAMEDATALEN);
 		reject(ev, NATS_ERR, -1,
 			   "stream \"%s\" took the event, not stream \"%s\": no stream of this worker listens on subject \"%s\"",
-			   stream, statehub_stream_name, ev->subject);
+			   quoted, statehub_stream_name, ev->subject);
 	}
 	else if (a.zero_seq)
 	{
@@ -1424,6 +1413,13 @@ statehub_nats_check_stream(char *errbuf, size_t errlen, int64 *dedup_window_us,
 	return STATEHUB_NATS_OK;
 }
 
+/*
+ * The last subject stream_covers said yes to: every ack asks, and a
+ * batch's events mostly share their subjects.  Emptied when the stream's
+ * subjects change.
+ */
+static char covered_subject[256];
+
 /* Remember what the stream covers: a list "a,b" or an array of subjects. */
 static void
 set_stream_subjects(const char *list, const char **subjects, int n)
@@ -1449,6 +1445,8 @@ stream_covers(const char *subject)
 {
 	const char *p = stream_subjects;
 
+	if (covered_subject[0] != '\0' && strcmp(subject, covered_subject) == 0)
+		return true;
 	while (p != NULL && *p != '\0')
 	{
 		size_t		len = strcspn(p, ",");
@@ -1459,7 +1457,11 @@ stream_covers(const char *subject)
 			memcpy(pattern, p, len);
 			pattern[len] = '\0';
 			if (statehub_subject_matches(pattern, subject))
+			{
+				if (strlen(subject) < sizeof(covered_subject))
+					strcpy(covered_subject, subject);
 				return true;
+			}
 		}
 		p += len;
 		if (*p == ',')

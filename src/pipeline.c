@@ -176,12 +176,6 @@ typedef struct Settled
 /* When the earliest rescheduled event is due (DT_NOEND: none known). */
 static TimestampTz retry_due_at = DT_NOEND;
 
-/*
- * What the last round's progress says about delivery: when the batch whose
- * acks it settled went out, now when it found nothing left to deliver, 0
- * when it delivered nothing (statehub_pipeline_progress_from).
- */
-static TimestampTz progress_from = 0;
 static Oid	scanned_node = InvalidOid;	/* the outbox's relfilenode */
 
 /* Plans, prepared once and kept. */
@@ -992,7 +986,7 @@ holds_retry(const Batch *b)
  */
 static void
 report_settled(const Settled *done, int npoison, const RowUpdates *dead,
-			   int nretry, bool all_seen, const char *event_error)
+			   int nretry, bool all_seen, bool drained, const char *event_error)
 {
 	bool		nothing_waits;
 
@@ -1025,6 +1019,8 @@ report_settled(const Settled *done, int npoison, const RowUpdates *dead,
 		statehub_shmem_record_error(event_error, true);
 	else if (done->nacked > 0)
 		statehub_shmem_error_resolved(done->published_at, nothing_waits);
+	else if (drained)			/* nothing left to deliver: as good as delivered */
+		statehub_shmem_error_resolved(GetCurrentTimestamp(), nothing_waits);
 	else if (nothing_waits && all_seen)
 		statehub_shmem_event_error_over();
 
@@ -1137,15 +1133,14 @@ statehub_pipeline_transaction(bool scan, bool *progress)
 	statehub_cursor_lower(done.unanswered);
 
 	report_settled(&done, npoison, &dead, retry.n,
-				   scan && result != STATEHUB_BATCH_FULL, event_error);
+				   scan && result != STATEHUB_BATCH_FULL, scan && max_id < 0,
+				   event_error);
 
 	/*
 	 * Not merely a transaction that went through: a round that fails every
 	 * other time must not count as progress every time.
 	 */
 	*progress = done.nacked > 0 || (scan && max_id < 0);
-	progress_from = done.nacked > 0 ? done.published_at :
-		(scan && max_id < 0) ? GetCurrentTimestamp() : 0;
 	return result;
 }
 
@@ -1340,17 +1335,6 @@ bool
 statehub_pipeline_answered(void)
 {
 	return answered != NULL;
-}
-
-/*
- * Delivery moved on in the last round (its progress): the time from which
- * it says so, for statehub_shmem_error_resolved; 0 when it delivered
- * nothing.
- */
-TimestampTz
-statehub_pipeline_progress_from(void)
-{
-	return progress_from;
 }
 
 /* When the earliest rescheduled event is due (DT_NOEND: none known). */

@@ -36,7 +36,6 @@ extern void statehub_pipeline_grow_batches(void);
 extern int	statehub_pipeline_scanned_count(void);
 extern bool statehub_pipeline_in_flight(void);
 extern bool statehub_pipeline_answered(void);
-extern TimestampTz statehub_pipeline_progress_from(void);
 extern TimestampTz statehub_pipeline_retry_due_at(void);
 
 extern long statehub_ms_until(TimestampTz ts);

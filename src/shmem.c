@@ -142,7 +142,8 @@ statehub_shmem_worker_stopped(void)
 
 /*
  * The worker is connected (delivered_from 0) or delivered a batch it
- * published at delivered_from: the last error, if still current, is past.
+ * published at delivered_from (or has nothing left to deliver, as of
+ * delivered_from): the last error, if still current, is past.
  * It stays in the status view with both times, so the DBA sees what
  * happened, and a health check can tell it is over.  Being connected does
  * not settle every error: a batch that got no answer is past only once a

@@ -160,16 +160,9 @@ set_state(StatehubWorkerStateCode new_state, const char *error)
 	SpinLockAcquire(&statehub_shared->mutex);
 	statehub_shared->state = new_state;
 	strlcpy(statehub_shared->server, server, sizeof(statehub_shared->server));
-	if (error != NULL)
-	{
-		strlcpy(statehub_shared->last_error, error,
-				sizeof(statehub_shared->last_error));
-		statehub_shared->last_error_at = GetCurrentTimestamp();
-		statehub_shared->last_error_resolved_at = 0;
-		statehub_shared->last_error_of_event = false;
-		statehub_shared->last_error_of_delivery = false;
-	}
 	SpinLockRelease(&statehub_shared->mutex);
+	if (error != NULL)
+		statehub_shmem_record_error(error, false);
 	if (new_state == STATEHUB_WORKER_CONNECTED)
 		statehub_shmem_error_resolved(0, false);
 	quiet = undelivered_again &&
@@ -553,7 +546,6 @@ worker_round(void)
 	 */
 	if (progress)
 	{
-		statehub_shmem_error_resolved(statehub_pipeline_progress_from(), false);
 		undelivered_again = false;
 		last_undelivered[0] = '\0';
 		statehub_pipeline_grow_batches();

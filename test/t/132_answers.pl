@@ -111,15 +111,33 @@ sub stop_responder
 	return;
 }
 
-# Queue an event of $type by hand (emit() takes only the stream's subjects).
+# Queue an event of $type by hand (emit() takes only the stream's subjects),
+# with $payload (default {"k": 1}).
 sub emit
 {
-	my ($type) = @_;
+	my ($type, $payload) = @_;
+	$payload //= '{"k": 1}';
 	my $id = $node->safe_psql('postgres', qq{
 INSERT INTO statehub_events.outbox (event_id, subject, payload)
-VALUES (gen_random_uuid(), '$type', '{"k": 1}') RETURNING event_id});
+VALUES (gen_random_uuid(), '$type', '$payload') RETURNING event_id});
 	$node->safe_psql('postgres', 'SELECT statehub_events.wake_worker()');
 	return $id;
+}
+
+# Whether event $id became a dead letter (bounded poll).
+sub wait_for_dead_letter
+{
+	my ($id) = @_;
+	return $node->poll_query_until('postgres',
+		"SELECT count(*) = 1 FROM statehub_events.dead_letter WHERE event_id = '$id'");
+}
+
+# "attempts | reason" of dead letter $id.
+sub dead_letter_reason
+{
+	my ($id) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT attempts || ' | ' || reason FROM statehub_events.dead_letter WHERE event_id = '$id'");
 }
 
 # 1. answers that are no JetStream ack
@@ -135,15 +153,10 @@ foreach my $subject (sort keys %answers)
 {
 	my $responder = start_responder($subject, $answers{$subject});
 	my $id = emit($subject);
-	ok( $node->poll_query_until(
-			'postgres',
-			"SELECT count(*) = 1 FROM statehub_events.dead_letter WHERE event_id = '$id'"),
-		"$subject: a dead letter after max_attempts");
-	my $reason = $node->safe_psql('postgres',
-		"SELECT attempts || ' | ' || reason FROM statehub_events.dead_letter WHERE event_id = '$id'");
+	ok(wait_for_dead_letter($id), "$subject: a dead letter after max_attempts");
 	(my $quoted = $answers{$subject}) =~ s/(["\\])/\\$1/g;
 	like(
-		$reason,
+		dead_letter_reason($id),
 		qr/^2 \| the answer to the event is not a JetStream acknowledgement \("\Q$quoted\E"\)/,
 		"$subject: the reason quotes the answer, its quotes escaped");
 	stop_responder($responder);
@@ -159,14 +172,11 @@ foreach my $subject (sort keys %answers)
 	my $responder = start_responder('spoof.plausible', $forged);
 	my $before = $nats->stream_info('STATEHUB')->{last_seq};
 	my $id = emit('spoof.plausible');
-	ok( $node->poll_query_until(
-			'postgres',
-			"SELECT count(*) = 1 FROM statehub_events.dead_letter WHERE event_id = '$id'"),
+	ok(wait_for_dead_letter($id),
 		'a forged ack on a subject the stream does not cover: a dead letter after max_attempts');
 	(my $quoted = $forged) =~ s/(["\\])/\\$1/g;
 	like(
-		$node->safe_psql('postgres',
-			"SELECT attempts || ' | ' || reason FROM statehub_events.dead_letter WHERE event_id = '$id'"),
+		dead_letter_reason($id),
 		qr/^2 \| an answer \("\Q$quoted\E"\) says stream "STATEHUB" stored the event, but that stream does not listen on subject "spoof\.plausible"/,
 		'... with the reason');
 	is($nats->stream_info('STATEHUB')->{last_seq}, $before, '... and the stream took nothing');
@@ -212,14 +222,11 @@ foreach my $subject (sort keys %answers)
 		{ name => 'OTHER', subjects => ['other.p.>'], max_bytes => 1,
 		  discard => 'new', storage => 'memory' });
 	my $id = emit('other.p.x');
-	ok( $node->poll_query_until(
-			'postgres',
-			"SELECT count(*) = 1 FROM statehub_events.dead_letter WHERE event_id = '$id'"),
+	ok(wait_for_dead_letter($id),
 		"another stream's error: the event is a dead letter after max_attempts");
 	like(
-		$node->safe_psql('postgres',
-			"SELECT reason FROM statehub_events.dead_letter WHERE event_id = '$id'"),
-		qr/^JetStream rejected the event: "maximum bytes exceeded"/,
+		dead_letter_reason($id),
+		qr/^2 \| JetStream rejected the event: "maximum bytes exceeded"/,
 		'... with its reason, the description quoted');
 	ok(StatehubTest::wait_for_status($node, q{state = 'connected'}),
 		'... and the worker is connected, not backing off');
@@ -233,14 +240,9 @@ foreach my $subject (sort keys %answers)
 my $responder = start_responder('spoof.zero', '{"stream": "STATEHUB", "seq": 0}');
 my $zero = emit('spoof.zero');
 my $t0;
-ok( $node->poll_query_until(
-		'postgres',
-		"SELECT count(*) = 1 FROM statehub_events.dead_letter WHERE event_id = '$zero'"),
+ok(wait_for_dead_letter($zero),
 	'seq 0 on a subject that is not the stream\'s: a dead letter, never deleted as delivered');
-like(
-	$node->safe_psql('postgres',
-		"SELECT reason FROM statehub_events.dead_letter WHERE event_id = '$zero'"),
-	qr/sequence 0/, 'seq 0: the reason says why');
+like(dead_letter_reason($zero), qr/sequence 0/, 'seq 0: the reason says why');
 stop_responder($responder);
 is($nats->stream_info('STATEHUB')->{messages}, 0, 'the stream holds none of them');
 
@@ -337,14 +339,8 @@ is($drops, 1, 'no_ack: the dropped connection is logged once');
 
 # a dead letter found meanwhile (third hostile review): its own error is
 # over at once, but it must not end the stream's, which is not over
-my $broken = $node->safe_psql('postgres', q{
-INSERT INTO statehub_events.outbox (event_id, subject, payload)
-VALUES (gen_random_uuid(), 'org.statehub.test.noack', 'not json') RETURNING event_id});
-$node->safe_psql('postgres', 'SELECT statehub_events.wake_worker()');
-ok( $node->poll_query_until(
-		'postgres',
-		"SELECT count(*) = 1 FROM statehub_events.dead_letter WHERE event_id = '$broken'"),
-	'no_ack: a broken row meanwhile is a dead letter');
+my $broken = emit('org.statehub.test.noack', 'not json');
+ok(wait_for_dead_letter($broken), 'no_ack: a broken row meanwhile is a dead letter');
 is( $node->safe_psql(
 		'postgres',
 		q{SELECT last_error ~ 'timed out' AND last_error_resolved_at IS NULL
